@@ -1,0 +1,144 @@
+"""The guided reverse step of AGDM, written once; purification, attacks and training all call it.
+
+AGDM (arXiv 2403.16067, eq. for the conditional score) steers each reverse step with the gradient
+
+    g_t = grad_{x_t} [ log softmax(f_phi(x_t, t))[y_hat]  -  lambda * || h_phi(x_t, t) - h_phi(x'_t, t) ||^2 ]
+
+and applies it as a classifier-guidance correction of the predicted noise,
+``eps_guided = eps_theta(x_t, t) - s * sqrt(1 - abar_t) * g_t``, which every scheduler with ``step`` accepts.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+GUIDANCE_MODES = ("latent", "pixel", "none")
+GUIDANCE_TARGETS = ("diffused", "input")
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """
+    How the reverse process is steered.
+
+    Args:
+        mode: ``"latent"`` (AGDM: distance in the guidance network's features plus its class term), ``"pixel"``
+            (GDMP-style: ``-lambda * ||x_t - x'_t||^2``) or ``"none"`` (DiffPure-style, unguided).
+        scale: The guidance scale s; 0 is unguided purification whatever the mode.
+        feature_weight: lambda, the weight of the distance term.
+        class_guidance: Whether the latent mode adds ``log p_phi(y_hat | x_t)``; ``y_hat`` is the guidance
+            network's prediction on the input at t = 0.
+        target: What x'_t is: ``"diffused"`` (the input diffused to t with the starting noise) or ``"input"``.
+    """
+
+    mode: str = "latent"
+    scale: float = 0.0
+    feature_weight: float = 1.0
+    class_guidance: bool = True
+    target: str = "diffused"
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none" and self.scale != 0
+
+    def validate(self, has_guidance_model: bool) -> None:
+        if self.mode not in GUIDANCE_MODES:
+            raise ValueError(f"Unknown guidance {self.mode!r}; choose one of {GUIDANCE_MODES}.")
+        if self.target not in GUIDANCE_TARGETS:
+            raise ValueError(f"Unknown guidance_target {self.target!r}; choose one of {GUIDANCE_TARGETS}.")
+        for name in ("scale", "feature_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value != value or value < 0 or value == float("inf"):
+                raise ValueError(f"`{'guidance_scale' if name == 'scale' else name}` must be a finite number >= 0, "
+                                 f"got {value!r}.")
+        if self.mode == "latent" and not has_guidance_model:
+            raise ValueError("guidance='latent' needs a guidance model, but this pipeline has none; pass "
+                             "`guidance=GuidanceModel(...)` when building it, or use guidance='pixel' or 'none'.")
+
+
+def _expand(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return coefficient.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def reference_at(reference: torch.Tensor, start_noise: torch.Tensor, alpha_bar: torch.Tensor, target: str):
+    """x'_t: the (possibly attacked) input as the guidance compares it with x_t at step t."""
+    if target == "input":
+        return reference
+    return _expand(alpha_bar.sqrt(), reference) * reference + _expand((1 - alpha_bar).sqrt(), reference) * start_noise
+
+
+def guidance_gradient(guidance_model, x_t, timestep, reference_t, target_label, settings: GuidanceSettings):
+    """
+    g_t of the module docstring, one gradient per image (the objective is summed over the batch, and images do not
+    interact). When the caller records gradients (an adaptive attack), the result stays differentiable: second order
+    through the guidance network with respect to x_t, and first order through h_phi(x'_t) with respect to the input.
+    """
+    if settings.mode == "pixel":
+        # d/dx of -lambda ||x - x'||^2, in closed form.
+        return -2.0 * settings.feature_weight * (x_t - reference_t)
+
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x = x_t if (create_graph and x_t.requires_grad) else x_t.detach().requires_grad_(True)
+        out = guidance_model(x, timestep)
+        objective = x.new_zeros(())
+        if settings.feature_weight:
+            with torch.set_grad_enabled(create_graph):
+                ref_features = guidance_model(reference_t, timestep).features
+            objective = objective - settings.feature_weight * (out.features - ref_features).pow(2).sum()
+        if settings.class_guidance:
+            log_probs = torch.log_softmax(out.logits, dim=-1)
+            objective = objective + log_probs.gather(1, target_label[:, None]).sum()
+        (grad,) = torch.autograd.grad(objective, x, create_graph=create_graph)
+    return grad
+
+
+def noise_to_output_factor(prediction_type: str, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """d(model output)/d(eps) at fixed x_t, so an eps correction can be expressed in the UNet's own parametrisation."""
+    if prediction_type == "epsilon":
+        return torch.ones_like(alpha_bar)
+    if prediction_type == "v_prediction":  # v = (eps - sqrt(1 - abar) x_t) / sqrt(abar)
+        return 1 / alpha_bar.sqrt()
+    if prediction_type == "sample":  # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+        return -(1 - alpha_bar).sqrt() / alpha_bar.sqrt()
+    raise ValueError(f"Unsupported scheduler prediction_type {prediction_type!r}.")
+
+
+class GuidedReverseStep:
+    """
+    One reverse step x_t -> x_{t-1} of (guided) purification: UNet, guidance correction, then `scheduler.step`.
+
+    Holding no state between calls, it can be replayed exactly, which per-step gradient checkpointing relies on.
+    """
+
+    def __init__(self, unet, scheduler, guidance_model, settings: GuidanceSettings, eta: float = 0.0):
+        self.unet = unet
+        self.scheduler = scheduler
+        self.guidance_model = guidance_model
+        self.settings = settings
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        step_params = set(inspect.signature(scheduler.step).parameters)
+        self.extra_step_kwargs = {"eta": eta} if "eta" in step_params else {}
+        self.accepts_generator = "generator" in step_params
+
+    def alpha_bar(self, timestep, like: torch.Tensor) -> torch.Tensor:
+        alphas_cumprod = self.scheduler.alphas_cumprod.to(like.device)
+        index = torch.as_tensor(timestep, device=like.device).long().reshape(-1)
+        return alphas_cumprod[index].to(torch.float32)
+
+    def __call__(self, sample, timestep, reference, start_noise, target_label, generator=None):
+        model_input = self.scheduler.scale_model_input(sample, timestep)
+        model_output = self.unet(model_input, timestep).sample
+        if self.settings.active:
+            alpha_bar = self.alpha_bar(timestep, model_input)
+            reference_t = reference_at(reference, start_noise, alpha_bar, self.settings.target)
+            grad = guidance_gradient(self.guidance_model, model_input, timestep, reference_t, target_label,
+                                     self.settings)
+            eps_shift = -self.settings.scale * _expand((1 - alpha_bar).sqrt(), grad) * grad
+            model_output = model_output + _expand(noise_to_output_factor(self.prediction_type, alpha_bar),
+                                                  grad) * eps_shift
+        kwargs = dict(self.extra_step_kwargs)
+        if self.accepts_generator:
+            kwargs["generator"] = generator
+        return self.scheduler.step(model_output, timestep, sample, **kwargs).prev_sample

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+
+from diffusers_agdm import AdversarialGuidedPurificationPipeline
+from dummies import dummy_classifier, dummy_guidance, dummy_images, dummy_pipeline, dummy_scheduler, dummy_unet
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return dummy_pipeline()
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(2, 3, 8, 8), "1-channel images, got 3 channels"),
+        (torch.rand(2, 1, 16, 16), "8x8 images, got 16x16"),
+        (torch.rand(2, 1, 8, 8) * 2 - 1, r"\[0, 1\]"),
+        (torch.full((1, 1, 8, 8), float("nan")), "NaN or inf"),
+        (torch.full((1, 1, 8, 8), float("inf")), "NaN or inf"),
+        (torch.rand(0, 1, 8, 8), "empty"),
+        ([], "empty"),
+        (torch.randint(0, 255, (2, 1, 8, 8), dtype=torch.uint8), "floating point"),
+        (np.random.randint(0, 255, (2, 8, 8, 1)).astype(np.uint8), "floating point"),
+        (np.full((1, 8, 8, 1), 2.0, dtype=np.float32), r"\[0, 1\]"),
+        (torch.rand(2, 2, 1, 8, 8), "shape"),
+    ],
+)
+def test_bad_images_raise(pipe, images, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(images, output_type="pt")
+
+
+def test_purify_checks_images(pipe):
+    with pytest.raises(ValueError, match="channels"):
+        pipe.purify(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="torch.Tensor"):
+        pipe.purify(np.zeros((2, 1, 8, 8), dtype=np.float32))
+
+
+@pytest.mark.parametrize("strength", [0, -0.1, 1.5, float("nan")])
+def test_bad_strength(pipe, strength):
+    with pytest.raises(ValueError, match="strength"):
+        pipe(dummy_images(), strength=strength, output_type="pt")
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5])
+def test_bad_num_inference_steps(pipe, steps):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        pipe(dummy_images(), num_inference_steps=steps, output_type="pt")
+
+
+def test_unknown_guidance_name(pipe):
+    with pytest.raises(ValueError, match="Unknown guidance 'latnet'"):
+        pipe(dummy_images(), guidance="latnet", output_type="pt")
+    with pytest.raises(ValueError, match="guidance_target"):
+        pipe(dummy_images(), guidance_target="nowhere", output_type="pt")
+
+
+@pytest.mark.parametrize("scale", [-1.0, float("nan"), float("inf")])
+def test_bad_guidance_scale(pipe, scale):
+    with pytest.raises(ValueError, match="guidance_scale"):
+        pipe(dummy_images(), guidance_scale=scale, output_type="pt")
+
+
+def test_bad_output_type(pipe):
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(dummy_images(), output_type="latent")
+
+
+def test_latent_guidance_without_guidance_model():
+    pipe = AdversarialGuidedPurificationPipeline(unet=dummy_unet(), scheduler=dummy_scheduler(), guidance=None)
+    with pytest.raises(ValueError, match="needs a guidance model"):
+        pipe(dummy_images(), guidance="latent", output_type="pt")
+    # the baselines need none
+    assert pipe(dummy_images(), guidance="pixel", output_type="pt").images.shape == (2, 1, 8, 8)
+    assert pipe(dummy_images(), guidance="none", output_type="pt").images.shape == (2, 1, 8, 8)
+
+
+def test_classifier_and_guidance_with_different_class_counts():
+    with pytest.raises(ValueError, match="classifier predicts 7 classes but the guidance model 4"):
+        AdversarialGuidedPurificationPipeline(unet=dummy_unet(), scheduler=dummy_scheduler(),
+                                              guidance=dummy_guidance(4), classifier=dummy_classifier(7))
+
+
+def test_guidance_model_for_other_image_size():
+    with pytest.raises(ValueError, match="guidance model sees 3x8x8"):
+        AdversarialGuidedPurificationPipeline(unet=dummy_unet(), scheduler=dummy_scheduler(),
+                                              guidance=dummy_guidance(channels=3))
+
+
+def test_wrong_number_of_generators(pipe):
+    with pytest.raises(ValueError, match="generators"):
+        pipe(dummy_images(2), generator=[torch.Generator().manual_seed(0)] * 3, output_type="pt")
+
+
+def test_list_of_generators_makes_each_image_independent_of_the_batch(pipe):
+    x = dummy_images(2)
+    both = pipe(x, guidance="pixel", generator=[torch.Generator().manual_seed(s) for s in (1, 2)],
+                output_type="pt").images
+    second = pipe(x[1:], guidance="pixel", generator=[torch.Generator().manual_seed(2)], output_type="pt").images
+    torch.testing.assert_close(both[1:], second)
