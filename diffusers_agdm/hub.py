@@ -14,7 +14,8 @@ PURIFICATION_CONFIG_KEYS = ("strength", "num_inference_steps", "guidance_scale",
 
 def _components_table(pipeline) -> str:
     rows = []
-    for name, component in pipeline.components.items():
+    components = pipeline.components if hasattr(pipeline, "components") else {"model": pipeline}
+    for name, component in components.items():
         if component is None:
             continue
         params = sum(p.numel() for p in component.parameters()) if hasattr(component, "parameters") else 0
@@ -52,7 +53,7 @@ def make_model_card(pipeline, repo_id: str = "your-name/agdm-pipeline", *, descr
                     results: list[dict] | None = None, training: str = "", limitations: str = "",
                     dataset: str | None = None, base_model: str | None = None) -> ModelCard:
     """
-    Fill the project's model card template for `pipeline`.
+    Fill the project's model card template for `pipeline` (or for a single component model).
 
     `results` is a list of dicts with `defense`, `attack`, `clean_accuracy` and `robust_accuracy` (fractions),
     which also become the card's model-index metadata; `training` is markdown with the command that made it.
@@ -66,6 +67,8 @@ def make_model_card(pipeline, repo_id: str = "your-name/agdm-pipeline", *, descr
     if index:
         card_data.model_index = index  # serialised verbatim as `model-index`
     purification = {k: pipeline.config[k] for k in PURIFICATION_CONFIG_KEYS if k in pipeline.config}
+    if not purification:
+        purification = {"note": "not a purification pipeline: a component to build one with"}
     return ModelCard.from_template(
         card_data, template_path=str(MODEL_CARD_TEMPLATE), title=repo_id.split("/")[-1], repo_id=repo_id,
         description=description, components_table=_components_table(pipeline),

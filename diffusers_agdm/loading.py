@@ -1,0 +1,46 @@
+"""Loading what a user names: a pipeline folder or Hub id, a diffusion model to build on, a classifier."""
+
+import json
+import os
+from pathlib import Path
+
+
+def _local_json(name_or_path, filename: str, subfolder: str | None = None) -> dict | None:
+    path = Path(name_or_path, subfolder or "", filename)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_diffusion_source(name_or_path: str, **kwargs):
+    """The UNet, scheduler and (if any) classifier of a diffusion pipeline folder or Hub id: one of ours, or any
+    Diffusers pipeline with `unet` and `scheduler` (such as `DDPMPipeline`, e.g. google/ddpm-cifar10-32)."""
+    from diffusers import DiffusionPipeline
+
+    import diffusers_agdm  # noqa: F401  (registers our pipeline class)
+
+    pipe = DiffusionPipeline.from_pretrained(name_or_path, **kwargs)
+    for required in ("unet", "scheduler"):
+        if getattr(pipe, required, None) is None:
+            raise ValueError(f"{name_or_path} has no {required}; a diffusion pipeline with a UNet and a scheduler "
+                             "is needed.")
+    return pipe
+
+
+def load_classifier(name_or_path: str | os.PathLike, **kwargs):
+    """A classifier from a folder or Hub id: our `SmallImageClassifier` (also the `classifier/` of one of our
+    pipelines) or a `transformers` image-classification model."""
+    from .models import SmallImageClassifier
+
+    subfolder = None
+    if _local_json(name_or_path, "model_index.json") is not None:
+        subfolder = "classifier"
+    config = _local_json(name_or_path, "config.json", subfolder)
+    if config is not None and config.get("_class_name") == SmallImageClassifier.__name__:
+        return SmallImageClassifier.from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
+    if config is not None and "architectures" not in config and "model_type" not in config:
+        raise ValueError(f"{name_or_path} holds a {config.get('_class_name', 'model')} config, not a classifier.")
+    try:
+        return SmallImageClassifier.from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
+    except (OSError, EnvironmentError, ValueError):
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)

@@ -1,0 +1,66 @@
+"""Command-line arguments shared by `training/train_diffusion.py`, `train_classifier.py` and `train_guidance.py`,
+named as in Diffusers' own training examples."""
+
+import argparse
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, max_train_steps: int = 1000,
+                      learning_rate: float = 1e-3, use_ema: bool = True, checkpointing_steps: int = 500) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--output_dir", type=str, required=True, help="Where the result and the checkpoints go.")
+    g.add_argument("--seed", type=int, default=0, help="Seed of every random draw; same seed, same result on CPU.")
+    g.add_argument("--train_batch_size", type=int, default=batch_size, help="Batch size per process.")
+    g.add_argument("--max_train_steps", type=int, default=max_train_steps, help="Optimizer steps in total.")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--learning_rate", type=float, default=learning_rate)
+    g.add_argument("--lr_scheduler", type=str, default="cosine",
+                   help='From diffusers.optimization: "linear", "cosine", "constant", "constant_with_warmup", ...')
+    g.add_argument("--lr_warmup_steps", type=int, default=50)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
+    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=use_ema,
+                   help="Keep an exponential moving average of the weights; the saved model uses it.")
+    g.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    g.add_argument("--ema_power", type=float, default=3 / 4)
+    g.add_argument("--ema_max_decay", type=float, default=0.999)
+    g.add_argument("--checkpointing_steps", type=int, default=checkpointing_steps,
+                   help="Save the full training state (accelerate `save_state`) every N steps.")
+    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep at most this many checkpoints.")
+    g.add_argument("--resume_from_checkpoint", type=str, default=None,
+                   help='A checkpoint folder, or "latest" for the newest one in --output_dir.')
+    g.add_argument("--report_to", type=str, default="tensorboard",
+                   help='"tensorboard", "wandb", "all" or "none" (logs go to <output_dir>/logs).')
+    g.add_argument("--logging_dir", type=str, default="logs")
+    g.add_argument("--log_steps", type=int, default=10, help="Log the loss every N steps.")
+    g.add_argument("--eval_steps", type=int, default=200, help="Measure held-out metrics every N steps.")
+    g.add_argument("--image_log_steps", type=int, default=500, help="Log an image grid every N steps (0: never).")
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mnist",
+                  eval_samples: int = 0) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset_name", type=str, default=default_dataset,
+                   help='A built-in ("mnist", "fashion-mnist") or a Hub dataset id.')
+    g.add_argument("--dataset_config_name", type=str, default=None)
+    g.add_argument("--train_data_dir", type=str, default=None, help="An image folder (class = sub-folder).")
+    g.add_argument("--image_column", type=str, default="image")
+    g.add_argument("--label_column", type=str, default="label")
+    g.add_argument("--split", type=str, default="train", help="The split trained on.")
+    g.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training images.")
+    g.add_argument("--eval_samples", type=int, default=eval_samples,
+                   help="Images set aside from the END of the training split to measure progress on; never trained "
+                        "on. (The dataset's own held-out split is never read by a training script.)")
+    g.add_argument("--cache_dir", type=str, default=None)
+
+
+def add_hub_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("hub")
+    g.add_argument("--push_to_hub", action="store_true", help="Upload the result with its model card.")
+    g.add_argument("--hub_model_id", type=str, default=None, help="Repo id; defaults to the output folder's name.")
+    g.add_argument("--hub_token", type=str, default=None)
+    g.add_argument("--hub_private_repo", action="store_true")

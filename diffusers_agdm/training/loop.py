@@ -1,0 +1,256 @@
+"""The accelerate training loop the three scripts share, shaped like Diffusers' `train_unconditional.py`:
+gradient accumulation, mixed precision, an lr schedule, EMA, `save_state` checkpoints with pruning, exact resume,
+tensorboard logging and a progress bar."""
+
+import argparse
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from ..data import LabelledImages
+
+logger = get_logger(__name__, log_level="INFO")
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class TrainingResult:
+    model: torch.nn.Module  # unwrapped, with the EMA weights when EMA is on
+    global_step: int
+    metrics: dict = field(default_factory=dict)  # the last evaluation's numbers
+    history: list = field(default_factory=list)  # every evaluation, with its step
+
+
+def build_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The Accelerator of a run (also seeds everything, before any model is built)."""
+    report_to = None if args.report_to == "none" else args.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        # Shuffling seeded by (seed, epoch), so a resumed run sees the batches the uninterrupted one would.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    return accelerator
+
+
+def _checkpoints(output_dir: str) -> list[Path]:
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _resolve_resume(args) -> Path | None:
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = _checkpoints(args.output_dir)
+        return found[-1] if found else None
+    path = Path(args.resume_from_checkpoint)
+    if not path.is_dir():
+        raise ValueError(f"--resume_from_checkpoint {path} is not a checkpoint folder.")
+    return path
+
+
+def _register_checkpoint_hooks(accelerator, model_name: str, model_cls, ema: EMAModel | None):
+    """Checkpoints hold the model (and its EMA) in Diffusers' own format, as `train_unconditional.py` does."""
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            if ema is not None:
+                ema.save_pretrained(os.path.join(output_dir, f"{model_name}_ema"))
+            for model in models:
+                model.save_pretrained(os.path.join(output_dir, model_name))
+        for _ in list(weights):
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, f"{model_name}_ema"), model_cls)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+            del loaded
+        for _ in range(len(models)):
+            model = models.pop()
+            loaded = model_cls.from_pretrained(input_dir, subfolder=model_name)
+            model.register_to_config(**loaded.config)
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def log_image_grid(accelerator, tag: str, images: torch.Tensor, step: int) -> None:
+    """Images in [0, 1], (N, C, H, W), to tensorboard (or wandb) when one is in use."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images(tag, images.detach().float().cpu().clamp(0, 1), step)
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: [wandb.Image(img.permute(1, 2, 0).cpu().numpy()) for img in images]}, step=step)
+
+
+def train_loop(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    train_data: LabelledImages,
+    loss_fn: LossFn,
+    *,
+    model_name: str,
+    project_name: str,
+    eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+    image_fn: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+) -> TrainingResult:
+    """
+    Train `model` on `train_data` with `loss_fn(model, images, labels) -> (loss, logs)`.
+
+    `eval_fn(model) -> metrics` runs every `--eval_steps` (and at the end) on the EMA weights, and `image_fn(model)`
+    every `--image_log_steps`; both run with the RNG forked, so monitoring never changes what is trained. Checkpoints
+    go to `<output_dir>/checkpoint-<step>`; `--resume_from_checkpoint latest` continues exactly where one left off.
+    """
+    model_cls = type(model)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+                       inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=model_cls,
+                       model_config=model.config)
+    _register_checkpoint_hooks(accelerator, model_name, model_cls, ema)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    dataset = TensorDataset(train_data.images, train_data.labels)
+    dataloader = DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+                            num_workers=args.dataloader_num_workers)
+    if len(dataloader) == 0:
+        raise ValueError(f"{len(dataset)} training images do not fill one batch of {args.train_batch_size}.")
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(project_name, config={k: v for k, v in vars(args).items()
+                                                        if isinstance(v, (int, float, str, bool))})
+
+    global_step, first_epoch, resume_batches = 0, 0, 0
+    checkpoint = _resolve_resume(args)
+    if args.resume_from_checkpoint and checkpoint is None:
+        accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = int(checkpoint.name.split("-")[1])
+        first_epoch = global_step // steps_per_epoch
+        resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    logger.info(f"***** Training {model_name} *****  images: {len(dataset)}  epochs: {num_epochs}  "
+                f"batch per process: {args.train_batch_size}  processes: {accelerator.num_processes}  "
+                f"accumulation: {args.gradient_accumulation_steps}  steps: {args.max_train_steps}")
+    progress = tqdm(range(args.max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc=f"training {model_name}")
+    history, metrics = [], {}
+
+    def evaluate(step):
+        nonlocal metrics
+        if eval_fn is None:
+            return
+        unwrapped = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.store(unwrapped.parameters())
+            ema.copy_to(unwrapped.parameters())
+        unwrapped.eval()
+        with torch.random.fork_rng(devices=[]):
+            metrics = eval_fn(unwrapped)
+        unwrapped.train()
+        if ema is not None:
+            ema.restore(unwrapped.parameters())
+        history.append({"step": step, **metrics})
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        accelerator.print(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    done = global_step >= args.max_train_steps
+    for epoch in range(first_epoch, num_epochs):
+        if done:
+            break
+        model.train()
+        batches = dataloader
+        if epoch == first_epoch and resume_batches:
+            batches = accelerator.skip_first_batches(dataloader, resume_batches)
+        for images, labels in batches:
+            with accelerator.accumulate(model):
+                loss, logs = loss_fn(model, images, labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(model.parameters())
+            global_step += 1
+            progress.update(1)
+            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], **logs}
+            if ema is not None:
+                logs["ema_decay"] = ema.cur_decay_value
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            if global_step % args.log_steps == 0:
+                accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                _save_checkpoint(accelerator, args, global_step)
+            if args.eval_steps and global_step % args.eval_steps == 0 and global_step < args.max_train_steps:
+                evaluate(global_step)
+            if image_fn is not None and args.image_log_steps and global_step % args.image_log_steps == 0 \
+                    and accelerator.is_main_process:
+                with torch.random.fork_rng(devices=[]):
+                    log_image_grid(accelerator, "samples", image_fn(accelerator.unwrap_model(model)), global_step)
+            if global_step >= args.max_train_steps:
+                done = True
+                break
+    progress.close()
+    accelerator.wait_for_everyone()
+    evaluate(global_step)
+    unwrapped = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(unwrapped.parameters())
+    unwrapped.eval()
+    if image_fn is not None and accelerator.is_main_process:
+        with torch.random.fork_rng(devices=[]):
+            log_image_grid(accelerator, "samples", image_fn(unwrapped), global_step)
+    accelerator.end_training()
+    return TrainingResult(model=unwrapped, global_step=global_step, metrics=metrics, history=history)
+
+
+def _save_checkpoint(accelerator, args, step: int) -> None:
+    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+        existing = _checkpoints(args.output_dir)
+        # make room for the one about to be written
+        for old in existing[: max(len(existing) - args.checkpoints_total_limit + 1, 0)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    path = os.path.join(args.output_dir, f"checkpoint-{step}")
+    accelerator.save_state(path)
+    logger.info(f"Saved state to {path}")

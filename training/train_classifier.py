@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Train the small downstream classifier (`SmallImageClassifier`, standard training) that purification protects.
+
+    accelerate launch training/train_classifier.py --dataset_name mnist --output_dir runs/classifier-mnist
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from diffusers_agdm import SmallImageClassifier
+from diffusers_agdm.training import add_data_args, add_hub_args, add_training_args, build_accelerator, \
+    load_training_data, train_loop
+from diffusers_agdm.training.output import save_and_push
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_args(parser, batch_size=64, max_train_steps=1000, learning_rate=1e-3, use_ema=False,
+                      checkpointing_steps=500)
+    add_data_args(parser, eval_samples=500)
+    add_hub_args(parser)
+    g = parser.add_argument_group("model")
+    g.add_argument("--block_out_channels", type=str, default="32,64")
+    g.add_argument("--hidden_dim", type=int, default=128)
+    return parser.parse_args(argv)
+
+
+def accuracy(model, data, batch_size: int = 500) -> float:
+    with torch.no_grad():
+        correct = sum((model(data.images[i:i + batch_size].to(model.device)).logits.argmax(1).cpu()
+                       == data.labels[i:i + batch_size]).sum().item() for i in range(0, len(data), batch_size))
+    return correct / len(data)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = build_accelerator(args)
+    train_data, monitor = load_training_data(args, what="the classifier")
+    num_classes = train_data.num_classes
+    classifier = SmallImageClassifier(
+        in_channels=train_data.images.shape[1], sample_size=train_data.images.shape[2], num_classes=num_classes,
+        block_out_channels=tuple(int(c) for c in args.block_out_channels.split(",")), hidden_dim=args.hidden_dim,
+        labels=train_data.class_names or None)
+
+    def loss_fn(model, images, labels):
+        logits = model(images).logits
+        return F.cross_entropy(logits, labels), {"train_accuracy": (logits.argmax(1) == labels).float().mean().item()}
+
+    eval_fn = (lambda model: {"accuracy": accuracy(model, monitor)}) if monitor is not None else None
+    start = time.time()
+    result = train_loop(accelerator, args, classifier, train_data, loss_fn, model_name="classifier",
+                        project_name="train_classifier", eval_fn=eval_fn)
+    save_and_push(accelerator, args, result.model, result, time.time() - start, dataset=args.dataset_name,
+                  description="The downstream classifier (standard training, not robust on its own): the model an "
+                              "AGDM purification pipeline protects. Inputs are images in [0, 1].")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Train a small DDPM `UNet2DModel` on a labelled image dataset (labels unused): the diffusion model of the
+embedded default. The result is a pipeline folder (UNet + scheduler, no guidance yet) that
+`train_guidance.py --pretrained_model_name_or_path` builds on.
+
+    accelerate launch training/train_diffusion.py --dataset_name mnist --output_dir runs/ddpm-mnist
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from diffusers_agdm import AdversarialGuidedPurificationPipeline
+from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator,
+                                     load_training_data, train_loop)
+from diffusers_agdm.training.output import save_and_push
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_args(parser, batch_size=64, max_train_steps=2000, learning_rate=1e-3)
+    add_data_args(parser)
+    add_hub_args(parser)
+    g = parser.add_argument_group("model")
+    g.add_argument("--block_out_channels", type=str, default="32,64,64")
+    g.add_argument("--layers_per_block", type=int, default=1)
+    g.add_argument("--norm_num_groups", type=int, default=8)
+    g.add_argument("--attention", action=argparse.BooleanOptionalAction, default=True,
+                   help="Self-attention at the lowest resolution.")
+    g.add_argument("--num_train_timesteps", type=int, default=1000)
+    g.add_argument("--beta_schedule", type=str, default="linear")
+    g.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction"])
+    g.add_argument("--inference_scheduler", type=str, default="ddim", choices=["ddim", "ddpm"],
+                   help="The scheduler the saved pipeline purifies with.")
+    g.add_argument("--strength", type=float, default=0.2, help="Purification default saved with the pipeline.")
+    g.add_argument("--num_inference_steps", type=int, default=10, help="Purification default.")
+    return parser.parse_args(argv)
+
+
+def build_unet(args, channels: int, size: int) -> UNet2DModel:
+    widths = tuple(int(c) for c in args.block_out_channels.split(","))
+    down = ["DownBlock2D"] * len(widths)
+    up = ["UpBlock2D"] * len(widths)
+    if args.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=widths,
+                       layers_per_block=args.layers_per_block, norm_num_groups=args.norm_num_groups,
+                       down_block_types=tuple(down), up_block_types=tuple(up))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = build_accelerator(args)
+    train_data, _ = load_training_data(args, what="the UNet")
+    unet = build_unet(args, train_data.images.shape[1], train_data.images.shape[2])
+    noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
+                                    prediction_type=args.prediction_type)
+
+    def loss_fn(model, images, labels):
+        x0 = images * 2 - 1
+        noise = torch.randn_like(x0)
+        timesteps = torch.randint(0, args.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        x_t = noise_scheduler.add_noise(x0, noise, timesteps)
+        target = noise if args.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
+        return F.mse_loss(model(x_t, timesteps).sample, target), {}
+
+    preview = train_data.images[:8]
+
+    def purified_grid(model):  # the first training images and their unguided purification at t* = 0.3
+        pipe = _pipeline(args, model, noise_scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            out = pipe.purify(preview.to(accelerator.device), strength=0.3, num_inference_steps=10,
+                              guidance="none", generator=torch.Generator().manual_seed(0))
+        return torch.cat([preview.to(out.device), out])
+
+    start = time.time()
+    result = train_loop(accelerator, args, unet, train_data, loss_fn, model_name="unet",
+                        project_name="train_diffusion", image_fn=purified_grid)
+    pipe = _pipeline(args, result.model, noise_scheduler)
+    save_and_push(accelerator, args, pipe, result, time.time() - start, dataset=args.dataset_name,
+                  description="The diffusion model only (no guidance network yet): train one on it with "
+                              "`training/train_guidance.py`. Unguided purification (`guidance='none'`) works as is.")
+
+
+def _pipeline(args, unet, noise_scheduler):
+    scheduler_cls = DDIMScheduler if args.inference_scheduler == "ddim" else DDPMScheduler
+    return AdversarialGuidedPurificationPipeline(
+        unet=unet, scheduler=scheduler_cls.from_config(noise_scheduler.config), guidance=None,
+        strength=args.strength, num_inference_steps=args.num_inference_steps, guidance_mode="none",
+        guidance_scale=0.0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Train the AGDM guidance network with the adversarial loss (TRADES on diffused inputs) while the diffusion model
+and the classifier stay frozen, and write a complete purification pipeline with its model card.
+
+    accelerate launch training/train_guidance.py --pretrained_model_name_or_path runs/ddpm-mnist \\
+        --classifier_name_or_path runs/classifier-mnist --dataset_name mnist --output_dir runs/agdm-mnist
+"""
+
+import argparse
+import time
+
+import torch
+
+from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
+from diffusers_agdm.loading import load_classifier, load_diffusion_source
+from diffusers_agdm.training import add_data_args, add_hub_args, add_training_args, build_accelerator, \
+    load_training_data, train_loop
+from diffusers_agdm.training.output import save_and_push
+from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrained_model_name_or_path", type=str, required=True,
+                        help="A diffusion pipeline (folder or Hub id) with a UNet and a scheduler.")
+    parser.add_argument("--classifier_name_or_path", type=str, default=None,
+                        help="The downstream classifier to ship in the pipeline (default: the source's, if any).")
+    add_training_args(parser, batch_size=64, max_train_steps=1500, learning_rate=1e-3)
+    add_data_args(parser, eval_samples=500)
+    add_hub_args(parser)
+    g = parser.add_argument_group("guidance network")
+    g.add_argument("--block_out_channels", type=str, default="32,64,128")
+    g.add_argument("--feature_dim", type=int, default=128)
+    g.add_argument("--norm_num_groups", type=int, default=8)
+    a = parser.add_argument_group("adversarial loss (TRADES on diffused inputs)")
+    a.add_argument("--beta", type=float, default=6.0, help="Weight of the KL term.")
+    a.add_argument("--norm", type=str, default="Linf", choices=["Linf", "L2"])
+    a.add_argument("--eps", type=float, default=0.3, help="Radius of the PGD ball, images in [0, 1].")
+    a.add_argument("--pgd_step_size", type=float, default=0.05)
+    a.add_argument("--pgd_steps", type=int, default=10)
+    a.add_argument("--t_max", type=int, default=None,
+                   help="Largest training timestep (default: the pipeline's purification strength x schedule).")
+    a.add_argument("--feature_weight", type=float, default=0.0,
+                   help="Weight of the feature-consistency term ||h(x~_t) - h(x_t)||^2 (off by default).")
+    p = parser.add_argument_group("purification defaults saved with the pipeline")
+    p.add_argument("--strength", type=float, default=None, help="Default: the source pipeline's, else 0.2.")
+    p.add_argument("--num_inference_steps", type=int, default=None, help="Default: the source's, else 10.")
+    p.add_argument("--guidance_scale", type=float, default=30.0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = build_accelerator(args)
+    source = load_diffusion_source(args.pretrained_model_name_or_path)
+    unet, scheduler = source.unet, source.scheduler
+    unet.requires_grad_(False)
+    classifier = (load_classifier(args.classifier_name_or_path) if args.classifier_name_or_path
+                  else getattr(source, "classifier", None))
+    if classifier is not None:
+        classifier.requires_grad_(False)
+    strength = args.strength or getattr(source.config, "strength", None) or 0.2
+    num_inference_steps = args.num_inference_steps or getattr(source.config, "num_inference_steps", None) or 10
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    t_max = args.t_max if args.t_max is not None else int(round(strength * num_train_timesteps))
+    if not 0 <= t_max < num_train_timesteps:
+        raise ValueError(f"--t_max must be in [0, {num_train_timesteps - 1}], got {t_max}.")
+    size = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
+
+    train_data, monitor = load_training_data(args, channels=unet.config.in_channels, size=size, what="the UNet")
+    num_classes = train_data.num_classes
+    if classifier is not None:
+        from diffusers_agdm.pipelines.pipeline_adversarial_guided_purification import _classifier_num_classes
+
+        n = _classifier_num_classes(classifier)
+        if n is not None and n != num_classes:
+            raise ValueError(f"The classifier predicts {n} classes but {train_data.name} has {num_classes}.")
+    guidance = GuidanceModel(in_channels=unet.config.in_channels, sample_size=size, num_classes=num_classes,
+                             block_out_channels=tuple(int(c) for c in args.block_out_channels.split(",")),
+                             feature_dim=args.feature_dim, num_train_timesteps=num_train_timesteps,
+                             norm_num_groups=args.norm_num_groups)
+    alphas_cumprod = scheduler.alphas_cumprod
+    attack = dict(norm=args.norm, eps=args.eps, step_size=args.pgd_step_size, steps=args.pgd_steps)
+
+    def loss_fn(model, images, labels):
+        return trades_loss(model, images, labels, alphas_cumprod, t_max=t_max, beta=args.beta,
+                           feature_weight=args.feature_weight, **attack)
+
+    def eval_fn(model):
+        return guidance_accuracy(model, monitor.images.to(accelerator.device), monitor.labels.to(accelerator.device),
+                                 alphas_cumprod, t_max=t_max, seed=args.seed, **attack)
+
+    def build_pipeline(model):
+        return AdversarialGuidedPurificationPipeline(
+            unet=unet, scheduler=scheduler, guidance=model, classifier=classifier, strength=strength,
+            num_inference_steps=num_inference_steps, guidance_scale=args.guidance_scale, guidance_mode="latent")
+
+    preview = (monitor or train_data).subset(0, 8)
+
+    def purified_grid(model):  # rows: clean, attacked (training attack at t=0), purified with latent guidance
+        pipe = build_pipeline(model)
+        pipe.set_progress_bar_config(disable=True)
+        x = preview.images.to(accelerator.device)
+        t0 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        adv = kl_pgd(model, x, torch.zeros_like(x), t0, alphas_cumprod, **attack)
+        with torch.no_grad():
+            purified = pipe.purify(adv, generator=torch.Generator().manual_seed(0))
+        return torch.cat([x, adv, purified])
+
+    unet.to(accelerator.device)
+    start = time.time()
+    result = train_loop(accelerator, args, guidance, train_data, loss_fn, model_name="guidance",
+                        project_name="train_guidance", eval_fn=eval_fn if monitor is not None else None,
+                        image_fn=purified_grid)
+    pipe = build_pipeline(result.model)
+    description = (f"Guidance network trained with TRADES on diffused inputs (beta {args.beta}, {args.norm} eps "
+                   f"{args.eps}, {args.pgd_steps} PGD steps of {args.pgd_step_size}, t in [0, {t_max}]) on "
+                   f"{train_data.name}; the diffusion model ({args.pretrained_model_name_or_path}) is frozen.")
+    save_and_push(accelerator, args, pipe, result, time.time() - start, dataset=args.dataset_name,
+                  base_model=args.pretrained_model_name_or_path, description=description,
+                  extra="Metrics are the guidance network's own accuracy on diffused images (clean, and under the "
+                        "training attack), not the robustness of the purification defense.")
+
+
+if __name__ == "__main__":
+    main()
