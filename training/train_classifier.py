@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from diffusers_agdm import SmallImageClassifier
-from diffusers_agdm.training import add_data_args, add_hub_args, add_training_args, build_accelerator, \
-    load_training_data, train_loop
+from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
+                                     load_training_data, parse_training_args, train_loop)
 from diffusers_agdm.training.output import save_and_push
 
 
@@ -25,7 +25,7 @@ def parse_args(argv=None):
     g = parser.add_argument_group("model")
     g.add_argument("--block_out_channels", type=str, default="32,64")
     g.add_argument("--hidden_dim", type=int, default=128)
-    return parser.parse_args(argv)
+    return parse_training_args(parser, argv, __file__)
 
 
 def accuracy(model, data, batch_size: int = 500) -> float:
@@ -53,7 +53,7 @@ def main(argv=None):
     start = time.time()
     result = train_loop(accelerator, args, classifier, train_data, loss_fn, model_name="classifier",
                         project_name="train_classifier", eval_fn=eval_fn)
-    save_and_push(accelerator, args, result.model, result, time.time() - start, dataset=args.dataset_name,
+    save_and_push(accelerator, args, result.model, result, time.time() - start, dataset=dataset_label(args),
                   description="The downstream classifier (standard training, not robust on its own): the model an "
                               "AGDM purification pipeline protects. Inputs are images in [0, 1].")
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline
-from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator,
-                                     load_training_data, train_loop)
+from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
+                                     load_training_data, parse_training_args, train_loop)
 from diffusers_agdm.training.output import save_and_push
 
 
@@ -37,7 +37,7 @@ def parse_args(argv=None):
                    help="The scheduler the saved pipeline purifies with.")
     g.add_argument("--strength", type=float, default=0.2, help="Purification default saved with the pipeline.")
     g.add_argument("--num_inference_steps", type=int, default=10, help="Purification default.")
-    return parser.parse_args(argv)
+    return parse_training_args(parser, argv, __file__)
 
 
 def build_unet(args, channels: int, size: int) -> UNet2DModel:
@@ -81,7 +81,7 @@ def main(argv=None):
     result = train_loop(accelerator, args, unet, train_data, loss_fn, model_name="unet",
                         project_name="train_diffusion", image_fn=purified_grid)
     pipe = _pipeline(args, result.model, noise_scheduler)
-    save_and_push(accelerator, args, pipe, result, time.time() - start, dataset=args.dataset_name,
+    save_and_push(accelerator, args, pipe, result, time.time() - start, dataset=dataset_label(args),
                   description="The diffusion model only (no guidance network yet): train one on it with "
                               "`training/train_guidance.py`. Unguided purification (`guidance='none'`) works as is.")
 

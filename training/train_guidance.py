@@ -13,8 +13,8 @@ import torch
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
 from diffusers_agdm.loading import load_classifier, load_diffusion_source
-from diffusers_agdm.training import add_data_args, add_hub_args, add_training_args, build_accelerator, \
-    load_training_data, train_loop
+from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
+                                     load_training_data, parse_training_args, train_loop)
 from diffusers_agdm.training.output import save_and_push
 from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
 
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--strength", type=float, default=None, help="Default: the source pipeline's, else 0.2.")
     p.add_argument("--num_inference_steps", type=int, default=None, help="Default: the source's, else 10.")
     p.add_argument("--guidance_scale", type=float, default=30.0)
-    return parser.parse_args(argv)
+    return parse_training_args(parser, argv, __file__)
 
 
 def main(argv=None):
@@ -116,7 +116,7 @@ def main(argv=None):
     description = (f"Guidance network trained with TRADES on diffused inputs (beta {args.beta}, {args.norm} eps "
                    f"{args.eps}, {args.pgd_steps} PGD steps of {args.pgd_step_size}, t in [0, {t_max}]) on "
                    f"{train_data.name}; the diffusion model ({args.pretrained_model_name_or_path}) is frozen.")
-    save_and_push(accelerator, args, pipe, result, time.time() - start, dataset=args.dataset_name,
+    save_and_push(accelerator, args, pipe, result, time.time() - start, dataset=dataset_label(args),
                   base_model=args.pretrained_model_name_or_path, description=description,
                   extra="Metrics are the guidance network's own accuracy on diffused images (clean, and under the "
                         "training attack), not the robustness of the purification defense.")

@@ -1,7 +1,7 @@
 """What the three training scripts in `training/` share: arguments, data, the accelerate loop with EMA and
 checkpoints, the adversarial (TRADES) loss of the guidance network, model cards and Hub uploads."""
 
-from .args import add_data_args, add_hub_args, add_training_args
+from .args import add_data_args, add_hub_args, add_training_args, dataset_label, parse_training_args
 from .data import load_training_data
 from .loop import TrainingResult, build_accelerator, train_loop
 from .trades import diffuse, kl_pgd, trades_loss
@@ -11,6 +11,8 @@ __all__ = [
     "add_data_args",
     "add_hub_args",
     "add_training_args",
+    "dataset_label",
+    "parse_training_args",
     "build_accelerator",
     "diffuse",
     "kl_pgd",

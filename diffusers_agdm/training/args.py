@@ -2,6 +2,20 @@
 named as in Diffusers' own training examples."""
 
 import argparse
+import sys
+from pathlib import Path
+
+
+def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:
+    """Parse, and remember how the script was called so the model card can record the command."""
+    args = parser.parse_args(argv)
+    args.script = Path(script).name
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def dataset_label(args: argparse.Namespace) -> str:
+    return "imagefolder" if args.train_data_dir else args.dataset_name
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, max_train_steps: int = 1000,
@@ -32,6 +46,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
     g.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep at most this many checkpoints.")
     g.add_argument("--resume_from_checkpoint", type=str, default=None,
                    help='A checkpoint folder, or "latest" for the newest one in --output_dir.')
+    g.add_argument("--stop_after_steps", type=int, default=None,
+                   help="End this invocation once the run reaches this step, after saving a checkpoint (for jobs "
+                        "with a time limit); continue later with --resume_from_checkpoint latest.")
     g.add_argument("--report_to", type=str, default="tensorboard",
                    help='"tensorboard", "wandb", "all" or "none" (logs go to <output_dir>/logs).')
     g.add_argument("--logging_dir", type=str, default="logs")

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..data import LabelledImages
+from ..distributed import needs_cpu_process_group
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -32,12 +33,14 @@ class TrainingResult:
     global_step: int
     metrics: dict = field(default_factory=dict)  # the last evaluation's numbers
     history: list = field(default_factory=list)  # every evaluation, with its step
+    finished: bool = True  # False when --stop_after_steps ended this invocation early
 
 
 def build_accelerator(args: argparse.Namespace) -> Accelerator:
     """The Accelerator of a run (also seeds everything, before any model is built)."""
     report_to = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
+        cpu=needs_cpu_process_group(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=report_to,
@@ -73,7 +76,10 @@ def _register_checkpoint_hooks(accelerator, model_name: str, model_cls, ema: EMA
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             if ema is not None:
-                ema.save_pretrained(os.path.join(output_dir, f"{model_name}_ema"))
+                # EMAModel.save_pretrained builds a freshly initialised model, which draws on the global RNG;
+                # fork it so that saving a checkpoint never changes what the run trains next.
+                with torch.random.fork_rng(devices=[]):
+                    ema.save_pretrained(os.path.join(output_dir, f"{model_name}_ema"))
             for model in models:
                 model.save_pretrained(os.path.join(output_dir, model_name))
         for _ in list(weights):
@@ -137,8 +143,11 @@ def train_loop(
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     dataset = TensorDataset(train_data.images, train_data.labels)
+    # The loader's own generator keeps iterator creation from drawing on the global RNG, whose stream (t, noise,
+    # PGD starts) must continue after a resume exactly as in an uninterrupted run.
     dataloader = DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-                            num_workers=args.dataloader_num_workers)
+                            num_workers=args.dataloader_num_workers,
+                            generator=torch.Generator().manual_seed(args.seed))
     if len(dataloader) == 0:
         raise ValueError(f"{len(dataset)} training images do not fill one batch of {args.train_batch_size}.")
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
@@ -195,6 +204,8 @@ def train_loop(
         if done:
             break
         model.train()
+        # The seeded shuffle of epoch e must not depend on how many epochs this process has iterated before.
+        dataloader.set_epoch(epoch)
         batches = dataloader
         if epoch == first_epoch and resume_batches:
             batches = accelerator.skip_first_batches(dataloader, resume_batches)
@@ -219,8 +230,16 @@ def train_loop(
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             if global_step % args.log_steps == 0:
                 accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
+            stopping = args.stop_after_steps is not None and global_step >= args.stop_after_steps
+            if global_step % args.checkpointing_steps == 0 or stopping:
                 _save_checkpoint(accelerator, args, global_step)
+            if stopping and global_step < args.max_train_steps:
+                accelerator.print(f"Stopping at step {global_step} (--stop_after_steps); resume with "
+                                  "--resume_from_checkpoint latest.")
+                progress.close()
+                accelerator.end_training()
+                return TrainingResult(model=accelerator.unwrap_model(model), global_step=global_step,
+                                      metrics=metrics, history=history, finished=False)
             if args.eval_steps and global_step % args.eval_steps == 0 and global_step < args.max_train_steps:
                 evaluate(global_step)
             if image_fn is not None and args.image_log_steps and global_step % args.image_log_steps == 0 \

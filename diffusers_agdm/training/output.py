@@ -3,22 +3,21 @@
 import json
 import os
 import shlex
-import sys
 from pathlib import Path
 
 from ..hub import make_model_card, push_folder_to_hub
 
 
-def training_command(accelerator) -> str:
+def training_command(accelerator, args) -> str:
     """The command line of this run, as a person would type it again."""
-    script = shlex.join(["training/" + Path(sys.argv[0]).name, *sys.argv[1:]])
+    script = shlex.join(["training/" + args.script, *args.argv])
     if accelerator.num_processes > 1:
         return f"accelerate launch --num_processes {accelerator.num_processes} {script}"
     return f"accelerate launch {script}"
 
 
 def training_markdown(command: str, args, result, wall_time_s: float, extra: str = "") -> str:
-    config = {k: v for k, v in sorted(vars(args).items()) if k not in ("hub_token",)}
+    config = {k: v for k, v in sorted(vars(args).items()) if k not in ("hub_token", "argv", "script")}
     lines = [
         "Trained with this project's own script (the diffusion model and the classifier, when present, frozen):",
         "", "```bash", command, "```", "",
@@ -46,18 +45,18 @@ def save_and_push(accelerator, args, obj, result, wall_time_s: float, *, descrip
                   base_model: str | None = None, extra: str = "") -> None:
     """Save `obj` (a pipeline or a model) to `--output_dir` with its README.md card; upload with --push_to_hub.
     Runs on the main process only."""
-    if not accelerator.is_main_process:
+    if not accelerator.is_main_process or not result.finished:
         return
     obj.save_pretrained(args.output_dir, safe_serialization=True)
     repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
     card = make_model_card(obj, repo_id, description=description, dataset=dataset, base_model=base_model,
-                           training=training_markdown(training_command(accelerator), args, result, wall_time_s,
+                           training=training_markdown(training_command(accelerator, args), args, result, wall_time_s,
                                                       extra))
     card.save(os.path.join(args.output_dir, "README.md"))
     with open(os.path.join(args.output_dir, "training_metrics.json"), "w") as f:
         json.dump({"global_step": result.global_step, "final": result.metrics, "history": result.history,
-                   "wall_time_s": wall_time_s, "command": training_command(accelerator),
-                   "argv": sys.argv}, f, indent=2)
+                   "wall_time_s": wall_time_s, "command": training_command(accelerator, args),
+                   "seed": args.seed}, f, indent=2)
     if args.push_to_hub:
         push_folder_to_hub(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo or None,
                            commit_message=f"Upload {type(obj).__name__} trained with diffusers-agdm")
