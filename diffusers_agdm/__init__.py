@@ -10,13 +10,16 @@ from ._registration import register_with_diffusers
 from .guided_step import GuidanceSettings, GuidedReverseStep
 from .hub import make_model_card, push_folder_to_hub
 from .models import GuidanceModel, GuidanceModelOutput, ImageClassifierOutput, SmallImageClassifier
+from .models.resnet import CifarResNet, load_pyautoattack_resnet18
 from .pipelines import AdversarialGuidedPurificationPipeline, AdversarialPurificationPipelineOutput, PurifiedClassifier
+from .pretrained import default_pipeline_path, load_pipeline
 
 register_with_diffusers([AdversarialGuidedPurificationPipeline])
 
 __all__ = [
     "AdversarialGuidedPurificationPipeline",
     "AdversarialPurificationPipelineOutput",
+    "CifarResNet",
     "GuidanceModel",
     "GuidanceModelOutput",
     "GuidanceSettings",
@@ -24,6 +27,9 @@ __all__ = [
     "ImageClassifierOutput",
     "PurifiedClassifier",
     "SmallImageClassifier",
+    "default_pipeline_path",
+    "load_pipeline",
+    "load_pyautoattack_resnet18",
     "make_model_card",
     "push_folder_to_hub",
 ]

@@ -15,6 +15,6 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def hub_cache():
     return _HUB_CACHE

@@ -1,0 +1,31 @@
+"""The embedded default: a small trained MNIST purification pipeline that ships inside the package."""
+
+from pathlib import Path
+
+DEFAULT_PIPELINE_NAME = "agdm-mnist"
+
+
+def default_pipeline_path() -> Path:
+    """The folder of the embedded default pipeline (`DiffusionPipeline.from_pretrained` loads it)."""
+    path = Path(__file__).parent / "pretrained" / DEFAULT_PIPELINE_NAME
+    if not (path / "model_index.json").is_file():
+        raise ValueError(f"The embedded default pipeline is missing from {path}; reinstall diffusers-agdm.")
+    return path
+
+
+def load_pipeline(name_or_path: str | None = None, **kwargs):
+    """Load a purification pipeline: a folder or Hub id, or the embedded default when `name_or_path` is None.
+
+    Example:
+
+    ```py
+    >>> from diffusers_agdm import load_pipeline
+    >>> pipe = load_pipeline()  # the embedded MNIST default, no download
+    >>> type(pipe).__name__
+    'AdversarialGuidedPurificationPipeline'
+    ```
+    """
+    from .pipelines import AdversarialGuidedPurificationPipeline
+
+    source = default_pipeline_path() if name_or_path is None else name_or_path
+    return AdversarialGuidedPurificationPipeline.from_pretrained(source, **kwargs)
