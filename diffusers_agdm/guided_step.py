@@ -142,3 +142,35 @@ class GuidedReverseStep:
         if self.accepts_generator:
             kwargs["generator"] = generator
         return self.scheduler.step(model_output, timestep, sample, **kwargs).prev_sample
+
+
+class _ReplayedStep(torch.autograd.Function):
+    """A reverse step whose activations are not kept: the forward runs without a graph, and the backward replays
+    the step (same inputs, same noise) with a full graph, second order included, to return the input gradients.
+
+    Unlike `torch.utils.checkpoint`, its memory stays flat even though the step itself calls `torch.autograd.grad`
+    (the guidance gradient), and it works under both `.backward()` and `torch.autograd.grad`. It returns gradients
+    for its tensor inputs only, not for model parameters: attacks need the former, and the models are frozen.
+    """
+
+    @staticmethod
+    def forward(ctx, run, sample, reference, start_noise):
+        ctx.run = run
+        ctx.save_for_backward(sample, reference, start_noise)
+        with torch.no_grad():
+            return run(sample, reference, start_noise)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            output = ctx.run(*inputs)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(output, wanted, grad_output, allow_unused=True) if wanted else [])
+        return (None, *[next(grads) if t.requires_grad else None for t in inputs])
+
+
+def replayed_step(run, sample, reference, start_noise):
+    """`run(sample, reference, start_noise)` with per-step gradient checkpointing (see `_ReplayedStep`); `run` must
+    draw the same noise every time it is called."""
+    return _ReplayedStep.apply(run, sample, reference, start_noise)

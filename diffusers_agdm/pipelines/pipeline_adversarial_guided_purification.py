@@ -6,7 +6,6 @@ import numpy as np
 import PIL.Image
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.image_processor import VaeImageProcessor
@@ -14,7 +13,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..guided_step import GuidanceSettings, GuidedReverseStep
+from ..guided_step import GuidanceSettings, GuidedReverseStep, replayed_step
 from ..hub import push_pipeline_to_hub
 from ..models.guidance import GuidanceModel
 
@@ -263,7 +262,8 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): Makes purification deterministic.
             gradient_checkpointing (`bool`, defaults to `False`): Recompute each reverse step in the backward pass,
                 replaying the same noise, so the memory of an exact gradient does not grow with the number of steps.
-                Needs a scheduler whose `step` keeps no state between calls (DDPM, DDIM).
+                Gradients then flow to the inputs (images), not to model parameters. Needs a scheduler whose `step`
+                keeps no state between calls (DDPM, DDIM).
             show_progress_bar (`bool`, defaults to `False`): Show a progress bar over the reverse steps.
 
         Returns:
@@ -294,17 +294,21 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         step = GuidedReverseStep(self.unet, self.scheduler, self.guidance, settings, eta=self.config.eta)
         iterator = self.progress_bar(timesteps) if show_progress_bar else timesteps
         for i, t in enumerate(iterator):
-            step_generator = self._step_generator(step_seeds[i], generator_device)
             if gradient_checkpointing and torch.is_grad_enabled():
-                sample = checkpoint(self._replayable_step, step, sample, t, reference, start_noise, target_label,
-                                    step_seeds[i], generator_device, use_reentrant=False)
+                sample = replayed_step(self._replayable(step, t, target_label, step_seeds[i], generator_device),
+                                       sample, reference, start_noise)
             else:
-                sample = step(sample, t, reference, start_noise, target_label, step_generator)
+                sample = step(sample, t, reference, start_noise, target_label,
+                              self._step_generator(step_seeds[i], generator_device))
         return ((sample + 1) / 2).clamp(0, 1)
 
-    def _replayable_step(self, step, sample, t, reference, start_noise, target_label, seeds, generator_device):
-        # A fresh generator from the same seed on every call, so the recomputation draws the same noise.
-        return step(sample, t, reference, start_noise, target_label, self._step_generator(seeds, generator_device))
+    def _replayable(self, step, t, target_label, seeds, generator_device):
+        # A fresh generator from the same seed on every call, so the replay in the backward pass draws the same noise.
+        def run(sample, reference, start_noise):
+            return step(sample, t, reference, start_noise, target_label,
+                        self._step_generator(seeds, generator_device))
+
+        return run
 
     # ------------------------------------------------------------------ classification
     def classifier_logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,50 @@
+"""What every benchmark shares: the machine description, the pipeline, and writing results/<name>.json."""
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load(pipeline: str | None):
+    from diffusers_agdm import load_pipeline
+
+    pipe = load_pipeline(pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    if torch.cuda.is_available():
+        pipe.to("cuda")
+    return pipe
+
+
+def write_results(name: str, settings: dict, numbers, started: float) -> Path:
+    import diffusers_agdm
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "diffusers_agdm_version": diffusers_agdm.__version__, "machine": machine(), "settings": settings,
+               "wall_time_s": round(time.time() - started, 1), "results": numbers}
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {path}")
+    return path
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
