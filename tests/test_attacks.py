@@ -15,6 +15,16 @@ from diffusers_agdm.attacks import (
 from dummies import CLASSES, dummy_images, dummy_pipeline
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy machine OpenMP threads waiting for each other
+    made these tests 30x slower; every test here (and the module's fixtures) runs on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def linear_classifier(num_classes=4, size=4, seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(size * size, num_classes))
@@ -270,3 +280,10 @@ def test_autoattack_rejects_bad_settings(kwargs, message):
     x, y = images_it_gets_right(model, n=2)
     with pytest.raises(ValueError, match=message):
         autoattack(model, x, y, **{"eps": 0.3, "n_classes": 4, **kwargs})
+
+
+def test_a_model_that_cuts_the_graph_is_reported_not_silently_skipped():
+    model = linear_classifier()
+    x, y = images_it_gets_right(model, n=2)
+    with pytest.raises(RuntimeError, match="BPDAClassifier"):
+        pgd(lambda images: model(images.detach()), x, y, eps=0.1, steps=1)

@@ -72,7 +72,10 @@ def eot_gradient(model, images: torch.Tensor, labels: torch.Tensor, loss: str = 
         x = images.detach().requires_grad_(True)
         with torch.enable_grad():
             objective = attack_loss(model(x), labels, loss)
-            (grad,) = torch.autograd.grad(objective, x)
+            grad = torch.autograd.grad(objective, x, allow_unused=True)[0] if objective.requires_grad else None
+        if grad is None:
+            raise RuntimeError("The model's output does not depend differentiably on its input, so a gradient attack "
+                               "cannot see it; attack it through a differentiable approximation (BPDAClassifier).")
         total += grad
     return total / eot_samples
 

@@ -110,7 +110,10 @@ def check_gradient(model, images: torch.Tensor, labels: torch.Tensor, name: str 
 
     with torch.enable_grad():
         probe = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss_at(probe), probe)
+        loss = loss_at(probe)
+        # A defense that cuts the graph has, for the attacker, a zero gradient: that is what this check must catch.
+        grad = torch.autograd.grad(loss, probe, allow_unused=True)[0] if loss.requires_grad else None
+        grad = torch.zeros_like(x) if grad is None else grad
     with torch.no_grad():
         numeric = ((loss_at(x + step * direction) - loss_at(x - step * direction)) / (2 * step)).item()
     analytic = (grad * direction).sum().item()
