@@ -52,7 +52,8 @@ def test_the_four_defenses_share_t_star_and_steps_and_differ_only_in_guidance():
     specs = {s.name: s for s in defense_specs(pipe, DEFENSES, guidance_scale=7.0, pixel_guidance_scale=3.0,
                                               strength=0.2, num_inference_steps=2)}
     assert list(specs) == list(DEFENSES)
-    assert specs["none"].purify_kwargs["guidance"] == "none"
+    assert specs["none"].purify_kwargs == {"guidance": "none", "guidance_scale": 0.0, "strength": 0.2,
+                                           "num_inference_steps": 2}
     assert (specs["pixel"].purify_kwargs["guidance"], specs["pixel"].purify_kwargs["guidance_scale"]) == ("pixel", 3)
     assert (specs["latent"].purify_kwargs["guidance"], specs["latent"].purify_kwargs["guidance_scale"]) == ("latent",
                                                                                                            7)
@@ -84,6 +85,8 @@ def test_undefended_classifier_is_the_pipeline_classifier():
 def test_threshold_checks_pass_and_fail_where_they_should():
     assert check_undefended_collapse(0.0, 64, "Linf", 0.3).passed
     assert not check_undefended_collapse(0.05, 64, "Linf", 0.3).passed
+    assert check_undefended_collapse(0.0, 64, "Linf", 0.3, clean_accuracy=0.9).passed
+    assert not check_undefended_collapse(0.0, 64, "Linf", 0.3, clean_accuracy=0.0).passed  # vacuous
     assert check_huge_eps("latent", 0.1, 64, num_classes=10).passed
     assert not check_huge_eps("latent", 0.5, 64, num_classes=10).passed
     assert check_no_rise("latent", "more PGD steps", ("10 steps", 0.50), ("50 steps", 0.45), 64).passed

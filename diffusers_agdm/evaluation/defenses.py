@@ -120,7 +120,7 @@ def defense_specs(
     shared = {"strength": strength, "num_inference_steps": num_inference_steps, "feature_weight": feature_weight}
     per_defense = {
         "undefended": None,
-        "none": {"guidance": "none"},
+        "none": {"guidance": "none", "guidance_scale": 0.0},  # unguided whatever the pipeline's scale
         "pixel": {"guidance": "pixel", "guidance_scale": pixel_guidance_scale},
         "latent": {"guidance": "latent", "guidance_scale": guidance_scale, "class_guidance": class_guidance,
                    "guidance_target": guidance_target},

@@ -307,7 +307,8 @@ class _Evaluation:
 
     def sanity_jobs(self) -> dict:
         cfg, seed = self.config, self.config.seeds[0]
-        jobs = {("undefended-collapse",): self._job("undefended", "pgd", seed)}
+        jobs = {("undefended-collapse",): self._job("undefended", "pgd", seed),
+                ("undefended-clean",): self._job("undefended", "clean", seed)}
         n = min(cfg.sanity_images, self.num_images)
         if n == 0:
             return jobs
@@ -487,7 +488,8 @@ class _Evaluation:
     def sanity_checks(self) -> list[SanityCheck]:
         cfg, jobs = self.config, self.sanity_jobs()
         job = jobs[("undefended-collapse",)]
-        checks = [check_undefended_collapse(self.accuracy(job, "majority"), job.num_images, cfg.norm, cfg.eps)]
+        checks = [check_undefended_collapse(self.accuracy(job, "majority"), job.num_images, cfg.norm, cfg.eps,
+                                            clean_accuracy=self.accuracy(jobs[("undefended-clean",)], "majority"))]
         n = min(cfg.sanity_images, self.num_images)
         for d in self.purifying:
             if n == 0:

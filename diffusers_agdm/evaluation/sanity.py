@@ -40,14 +40,21 @@ def noise_tolerance(accuracy: float, num_images: int, z: float = 2.0) -> float:
 
 
 def check_undefended_collapse(accuracy: float, num_images: int, norm: str, eps: float,
-                              threshold: float = UNDEFENDED_MAX_ACCURACY) -> SanityCheck:
+                              threshold: float = UNDEFENDED_MAX_ACCURACY,
+                              clean_accuracy: float | None = None) -> SanityCheck:
     """The attack must break the undefended classifier at the nominal eps: accuracy at most `threshold` (1%).
-    If it does not, the attack (not the defense) is broken, and every number beside it is meaningless."""
-    passed = accuracy <= threshold
+    If it does not, the attack (not the defense) is broken, and every number beside it is meaningless. With a
+    clean accuracy of 0 the check is vacuous (there was nothing to break) and fails too."""
+    vacuous = clean_accuracy is not None and clean_accuracy == 0
+    passed = accuracy <= threshold and not vacuous
+    clean = "" if clean_accuracy is None else f", clean {100 * clean_accuracy:.1f}%"
     detail = (f"undefended classifier under PGD at {norm} eps={eps:g}: {100 * accuracy:.1f}% of {num_images} images "
-              f"(must be <= {100 * threshold:g}%)")
+              f"(must be <= {100 * threshold:g}%{clean})")
+    if vacuous:
+        detail += "; vacuous: the classifier gets no clean image right, so the attack was never tested"
     return SanityCheck("undefended falls under PGD", passed, detail,
-                       {"accuracy": accuracy, "threshold": threshold, "num_images": num_images})
+                       {"accuracy": accuracy, "threshold": threshold, "num_images": num_images,
+                        "clean_accuracy": clean_accuracy})
 
 
 def check_huge_eps(defense: str, accuracy: float, num_images: int, num_classes: int, eps: float = 1.0) -> SanityCheck:
