@@ -74,8 +74,8 @@ def autoattack(
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"Unknown AutoAttack version {version!r}; choose one of {AUTOATTACK_VERSIONS}.")
     if n_classes < autoattack_min_classes(version):
-        raise ValueError(f"AutoAttack '{version}' needs at least {autoattack_min_classes(version)} classes (its DLR losses read "
-                         f"the top logits), got {n_classes}.")
+        raise ValueError(f"AutoAttack '{version}' needs at least {autoattack_min_classes(version)} classes (its DLR "
+                         f"losses read the top logits), got {n_classes}.")
     for name, value in (("steps", steps), ("eot_iter", eot_iter), ("square_queries", square_queries)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
