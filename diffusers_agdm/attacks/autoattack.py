@@ -1,0 +1,102 @@
+"""AutoAttack ('rand' and 'standard') through torchattacks 3.5.1, on any defended `nn.Module`."""
+
+import torch
+
+from .pgd import NORMS, check_budget
+
+AUTOATTACK_VERSIONS = ("rand", "standard")
+# The original AutoAttack (Croce & Hein 2020, fra31/auto-attack) runs 100 iterations per gradient attack, EOT 20 in
+# its 'rand' version and 5,000 Square queries. torchattacks' AutoAttack keeps EOT 20 and 5,000 queries but leaves
+# APGD/APGD-T/FAB at 10 iterations; we restore 100 unless told otherwise, so "AutoAttack" means the published attack.
+ORIGINAL_STEPS = 100
+ORIGINAL_EOT_ITER = 20
+ORIGINAL_SQUARE_QUERIES = 5000
+
+
+def autoattack_min_classes(version: str) -> int:
+    """The fewest classes AutoAttack `version` works with."""
+    # APGD's DLR loss reads the 3rd largest logit; APGD-T's targeted DLR the 4th.
+    return 3 if version == "rand" else 4
+
+
+def autoattack(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    version: str = "rand",
+    n_classes: int = 10,
+    seed: int = 0,
+    steps: int = ORIGINAL_STEPS,
+    eot_iter: int = ORIGINAL_EOT_ITER,
+    square_queries: int = ORIGINAL_SQUARE_QUERIES,
+    verbose: bool = False,
+) -> torch.Tensor:
+    r"""
+    Run `torchattacks.AutoAttack(model, norm, eps, version, n_classes, seed)` on [0, 1] images and return the
+    adversarial batch. 'rand' is APGD-CE then APGD-DLR, each with EOT over `eot_iter` calls (for randomised
+    defenses); 'standard' is APGD-CE, APGD-T, FAB-T and Square.
+
+    `model` must have at least one parameter (torchattacks reads the device from it); `pipe.defended_classifier()`
+    has. AutoAttack seeds torch's global generator; it runs inside `torch.random.fork_rng`, so the caller's global
+    random state is left as it was.
+
+    Args:
+        model: [0, 1] images to logits; the whole defense for a white-box evaluation.
+        images, labels: The clean batch.
+        eps, norm: The threat model (`"Linf"` or `"L2"`).
+        version (`str`): `"rand"` or `"standard"`.
+        n_classes (`int`): Number of classes (>= 3 for 'rand', >= 4 for 'standard').
+        seed (`int`): Seed of the random starts.
+        steps (`int`, defaults to 100): Iterations of APGD, APGD-T and FAB (the original's; torchattacks' is 10).
+        eot_iter (`int`, defaults to 20): EOT calls per APGD step in 'rand'.
+        square_queries (`int`, defaults to 5000): Square's query budget in 'standard'.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from diffusers_agdm.attacks import autoattack
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4))
+    >>> x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
+    >>> x_adv = autoattack(model, x, y, eps=0.3, version="rand", n_classes=4, steps=2, eot_iter=1)
+    >>> bool((x_adv - x).abs().max() <= 0.3 + 1e-6)
+    True
+    ```
+    """
+    try:
+        import torchattacks
+    except ImportError as err:
+        raise ValueError("AutoAttack needs torchattacks 3.5.1: pip install --no-deps torchattacks==3.5.1") from err
+    check_budget(norm, eps)
+    if version not in AUTOATTACK_VERSIONS:
+        raise ValueError(f"Unknown AutoAttack version {version!r}; choose one of {AUTOATTACK_VERSIONS}.")
+    if n_classes < autoattack_min_classes(version):
+        raise ValueError(f"AutoAttack '{version}' needs at least {autoattack_min_classes(version)} classes (its DLR "
+                         f"losses read the top logits), got {n_classes}.")
+    for name, value in (("steps", steps), ("eot_iter", eot_iter), ("square_queries", square_queries)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    if next(iter(model.parameters()), None) is None:
+        raise ValueError("torchattacks reads the device from the model's parameters, and this model has none.")
+    if eps == 0:
+        return images.detach().clone()
+
+    devices = [images.device.index or 0] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        attack = torchattacks.AutoAttack(model, norm=norm, eps=eps, version=version, n_classes=n_classes, seed=seed)
+        for sub_attack in attack._autoattack.attacks:
+            if hasattr(sub_attack, "steps"):
+                sub_attack.steps = steps
+            if hasattr(sub_attack, "eot_iter") and version == "rand":
+                sub_attack.eot_iter = eot_iter
+            if hasattr(sub_attack, "n_queries"):
+                sub_attack.n_queries = square_queries
+            sub_attack.verbose = verbose
+        adversarial = attack(images.detach(), labels)
+    return adversarial.detach()
+
+
+__all__ = ["AUTOATTACK_VERSIONS", "NORMS", "autoattack", "autoattack_min_classes"]

@@ -1,0 +1,137 @@
+"""The four defenses an evaluation compares, all built from one pipeline and all attacked through the same code."""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+DEFENSES = ("undefended", "none", "pixel", "latent")
+DEFENSE_TITLES = {
+    "undefended": "undefended classifier",
+    "none": "unguided purification (DiffPure-style)",
+    "pixel": "pixel guidance (GDMP-style)",
+    "latent": "latent guidance (AGDM)",
+}
+DEFENSE_SHORT_TITLES = {"undefended": "undefended", "none": "unguided (DiffPure)", "pixel": "pixel (GDMP)",
+                        "latent": "latent (AGDM)"}
+# GDMP-style pixel guidance has no tuned value in this project; 10 is the prototype's setting (../shared/AGDM.md
+# section 6). Its scale means something different from the latent one (a pixel distance, not a feature distance),
+# so it gets its own option instead of borrowing the latent scale.
+DEFAULT_PIXEL_GUIDANCE_SCALE = 10.0
+
+
+class UndefendedClassifier(nn.Module):
+    """
+    The pipeline's classifier alone, with the interface of `pipe.defended_classifier()` (`purify` is the identity,
+    `reseed` does nothing), so the undefended baseline runs through exactly the code the defenses run through.
+
+    Example:
+
+    ```py
+    >>> model = UndefendedClassifier(pipe)  # doctest: +SKIP
+    >>> logits = model(images)  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, pipeline):
+        super().__init__()
+        if pipeline.classifier is None:
+            raise ValueError("The pipeline has no classifier: there is nothing to evaluate.")
+        self.classifier = pipeline.classifier  # a submodule, so torchattacks finds the device
+        self._pipeline = pipeline
+
+    def reseed(self, seed: int | None) -> None:
+        """Nothing to reseed: the classifier is deterministic."""
+
+    def purify(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._pipeline.classifier_logits(images)
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """
+    One defense: a name from `DEFENSES` and the purification arguments that define it (empty for `"undefended"`).
+    """
+
+    name: str
+    purify_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def purifies(self) -> bool:
+        return self.name != "undefended"
+
+    def build(self, pipeline, seed: int | None, num_inference_steps: int | None = None) -> nn.Module:
+        """The defense as an `nn.Module` ([0, 1] images to logits) drawing its purification noise from `seed`;
+        `num_inference_steps` replaces the defense's own (the surrogate reverse process)."""
+        if not self.purifies:
+            return UndefendedClassifier(pipeline)
+        kwargs = dict(self.purify_kwargs)
+        if num_inference_steps is not None:
+            kwargs["num_inference_steps"] = num_inference_steps
+        return pipeline.defended_classifier(seed=seed, gradient_checkpointing=True, **kwargs)
+
+    def describe(self, pipeline) -> dict:
+        """Every setting of the defense, resolved against the pipeline's config, with t* as the first timestep."""
+        info = {"title": DEFENSE_TITLES[self.name]}
+        if not self.purifies:
+            return info
+        strength, steps, settings = pipeline.resolve_settings(**self.purify_kwargs)
+        first_timestep = int(pipeline.get_timesteps(strength, steps)[0])
+        info.update(
+            guidance=settings.mode,
+            guidance_scale=float(settings.scale),
+            feature_weight=float(settings.feature_weight),
+            class_guidance=bool(settings.class_guidance),
+            guidance_target=settings.target,
+            strength=float(strength),
+            first_timestep=first_timestep,
+            num_train_timesteps=int(pipeline.scheduler.config.num_train_timesteps),
+            num_inference_steps=int(steps),
+            scheduler=type(pipeline.scheduler).__name__,
+            eta=float(pipeline.config.eta),
+        )
+        return info
+
+
+def defense_specs(
+    pipeline,
+    names=DEFENSES,
+    *,
+    strength: float | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    pixel_guidance_scale: float = DEFAULT_PIXEL_GUIDANCE_SCALE,
+    feature_weight: float | None = None,
+    class_guidance: bool | None = None,
+    guidance_target: str | None = None,
+) -> list[DefenseSpec]:
+    """
+    The defenses `names` on one pipeline, sharing t* and the number of reverse steps (the pipeline's config unless
+    given): `"none"` is `guidance="none"`, `"pixel"` is `guidance="pixel"` at `pixel_guidance_scale`, `"latent"` is
+    `guidance="latent"` at `guidance_scale` (default: the pipeline's). Raises a `ValueError` for an unknown name or
+    a setting the pipeline rejects.
+    """
+    unknown = [name for name in names if name not in DEFENSES]
+    if unknown or not names:
+        raise ValueError(f"Unknown defenses {unknown}; choose from {DEFENSES}." if unknown else "No defense given.")
+    shared = {"strength": strength, "num_inference_steps": num_inference_steps, "feature_weight": feature_weight}
+    per_defense = {
+        "undefended": None,
+        "none": {"guidance": "none", "guidance_scale": 0.0},  # unguided whatever the pipeline's scale
+        "pixel": {"guidance": "pixel", "guidance_scale": pixel_guidance_scale},
+        "latent": {"guidance": "latent", "guidance_scale": guidance_scale, "class_guidance": class_guidance,
+                   "guidance_target": guidance_target},
+    }
+    specs = []
+    for name in dict.fromkeys(names):  # keeps the order, drops repeats
+        extra = per_defense[name]
+        if extra is None:
+            specs.append(DefenseSpec(name))
+            continue
+        kwargs = {k: v for k, v in {**shared, **extra}.items() if v is not None}
+        pipeline.resolve_settings(**kwargs)  # fails early, naming the bad setting
+        specs.append(DefenseSpec(name, kwargs))
+    return specs

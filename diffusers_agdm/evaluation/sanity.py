@@ -1,0 +1,150 @@
+"""
+Sanity checks printed in every report. Each says whether the attack could have produced the numbers it reports.
+
+Each check is a function returning a [`SanityCheck`]; the runner feeds them the accuracies it measured. On tiny
+random components (the tests) the thresholds are not meaningful: there the tests check the machinery, e.g. that a
+deliberately broken attack or defense fails.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..attacks.pgd import attack_loss
+
+UNDEFENDED_MAX_ACCURACY = 0.01
+
+
+@dataclass
+class SanityCheck:
+    """One check's outcome: `passed` is `None` when it was skipped (e.g. `sanity_images=0`)."""
+
+    name: str
+    passed: bool | None
+    detail: str
+    values: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return "SKIPPED" if self.passed is None else ("PASSED" if self.passed else "FAILED")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "passed": self.passed, "detail": self.detail,
+                "values": self.values}
+
+
+def noise_tolerance(accuracy: float, num_images: int, z: float = 2.0) -> float:
+    """z standard errors of a binomial proportion at `accuracy` over `num_images`, and never less than one image."""
+    return max(z * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / num_images), 1.0 / num_images)
+
+
+def check_undefended_collapse(accuracy: float, num_images: int, norm: str, eps: float,
+                              threshold: float = UNDEFENDED_MAX_ACCURACY,
+                              clean_accuracy: float | None = None) -> SanityCheck:
+    """The attack must break the undefended classifier at the nominal eps: accuracy at most `threshold` (1%).
+    If it does not, the attack (not the defense) is broken, and every number beside it is meaningless. With a
+    clean accuracy of 0 the check is vacuous (there was nothing to break) and fails too."""
+    vacuous = clean_accuracy is not None and clean_accuracy == 0
+    passed = accuracy <= threshold and not vacuous
+    clean = "" if clean_accuracy is None else f", clean {100 * clean_accuracy:.1f}%"
+    detail = (f"undefended classifier under PGD at {norm} eps={eps:g}: {100 * accuracy:.1f}% of {num_images} images "
+              f"(must be <= {100 * threshold:g}%{clean})")
+    if vacuous:
+        detail += "; vacuous: the classifier gets no clean image right, so the attack was never tested"
+    return SanityCheck("undefended falls under PGD", passed, detail,
+                       {"accuracy": accuracy, "threshold": threshold, "num_images": num_images,
+                        "clean_accuracy": clean_accuracy})
+
+
+def check_huge_eps(defense: str, accuracy: float, num_images: int, num_classes: int, eps: float = 1.0) -> SanityCheck:
+    """At Linf eps = 1 the attacker may draw any image, so a defense must fall to chance (1 / classes) or below,
+    up to sampling noise. Higher means the gradient does not reach the input (gradient masking)."""
+    chance = 1.0 / num_classes
+    limit = chance + noise_tolerance(chance, num_images)
+    passed = accuracy <= limit
+    detail = (f"PGD at Linf eps={eps:g} leaves {100 * accuracy:.1f}% of {num_images} images "
+              f"(chance {100 * chance:.1f}%, must be <= {100 * limit:.1f}%)")
+    return SanityCheck(f"huge eps reaches chance [{defense}]", passed, detail,
+                       {"accuracy": accuracy, "chance": chance, "limit": limit, "num_images": num_images, "eps": eps})
+
+
+def check_no_rise(defense: str, what: str, weak: tuple[str, float], strong: tuple[str, float],
+                  num_images: int) -> SanityCheck:
+    """A stronger attack (more steps, more EOT samples) must not leave more images robust than the weaker one, beyond
+    sampling noise. If it does, the attack is not converging, and the weaker number overstates robustness."""
+    (weak_name, weak_acc), (strong_name, strong_acc) = weak, strong
+    # Two standard errors of a difference of two proportions at the pooled accuracy, and at least one image.
+    pooled = (weak_acc + strong_acc) / 2
+    tolerance = max(2 * math.sqrt(2 * pooled * (1 - pooled) / num_images), 1.0 / num_images)
+    rise = strong_acc - weak_acc
+    passed = rise <= tolerance
+    detail = (f"{weak_name} {100 * weak_acc:.1f}% -> {strong_name} {100 * strong_acc:.1f}% on "
+              f"{num_images} images (a rise must be <= {100 * tolerance:.1f} points)")
+    return SanityCheck(f"robust accuracy does not rise with {what} [{defense}]", passed, detail,
+                       {weak_name: weak_acc, strong_name: strong_acc, "tolerance": tolerance,
+                        "num_images": num_images})
+
+
+def check_gradient(model, images: torch.Tensor, labels: torch.Tensor, name: str = "defense", seed: int = 0,
+                   step: float | None = None, rtol: float | None = None) -> SanityCheck:
+    r"""
+    The defense's input gradient is non-zero and matches central finite differences along a random direction, with
+    the purification noise held fixed (`model.reseed(seed)` before every call). Run it in float64 on a tiny case
+    (one image): there `step=1e-6` and `rtol=1e-4`; float32 uses `step=1e-3`, `rtol=5e-2`.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).double()
+    >>> check_gradient(model, torch.rand(1, 1, 2, 2, dtype=torch.float64), torch.tensor([0])).passed
+    True
+    ```
+    """
+    double = images.dtype == torch.float64
+    step = step if step is not None else (1e-6 if double else 1e-3)
+    rtol = rtol if rtol is not None else (1e-4 if double else 5e-2)
+    # Keep the +-step probes inside [0, 1], where the defense accepts them.
+    x = images.detach().clamp(1e-3, 1 - 1e-3)
+    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    direction = (direction / direction.norm()).to(device=x.device, dtype=x.dtype)
+
+    def loss_at(z):
+        if hasattr(model, "reseed"):
+            model.reseed(seed)
+        return attack_loss(model(z), labels, "ce")
+
+    with torch.enable_grad():
+        probe = x.clone().requires_grad_(True)
+        loss = loss_at(probe)
+        # A defense that cuts the graph has, for the attacker, a zero gradient: that is what this check must catch.
+        grad = torch.autograd.grad(loss, probe, allow_unused=True)[0] if loss.requires_grad else None
+        grad = torch.zeros_like(x) if grad is None else grad
+    with torch.no_grad():
+        numeric = ((loss_at(x + step * direction) - loss_at(x - step * direction)) / (2 * step)).item()
+    analytic = (grad * direction).sum().item()
+    grad_norm = grad.norm().item()
+    error = abs(analytic - numeric)
+    scale = max(abs(analytic), abs(numeric))
+    nonzero = grad_norm > 1e-10
+    passed = nonzero and error <= rtol * scale + 1e-9
+    detail = (f"|grad| = {grad_norm:.3g}; directional derivative {analytic:.6g} (autograd) vs {numeric:.6g} "
+              f"(finite differences), relative error {error / max(scale, 1e-30):.2g} (must be <= {rtol:g}"
+              f"{' and the gradient non-zero' if not nonzero else ''})")
+    return SanityCheck(f"gradient is exact [{name}]", passed, detail,
+                       {"grad_norm": grad_norm, "autograd": analytic, "finite_differences": numeric,
+                        "step": step, "rtol": rtol, "dtype": str(x.dtype).replace("torch.", "")})
+
+
+def format_sanity_block(checks: list[SanityCheck], color: bool = False) -> str:
+    """The checks as text; a failed one opens with a loud FAILED banner."""
+    red, green, yellow, reset = ("\033[31;1m", "\033[32m", "\033[33m", "\033[0m") if color else ("",) * 4
+    colors = {"PASSED": green, "FAILED": red, "SKIPPED": yellow}
+    lines = [f"{colors[c.status]}[{c.status}]{reset} {c.name}: {c.detail}" for c in checks]
+    failed = [c for c in checks if c.passed is False]
+    if failed:
+        banner = f"{red}{'!' * 78}\n!!! SANITY CHECK FAILED ({len(failed)} of {len(checks)}): the robust accuracies " \
+                 f"below cannot be trusted\n{'!' * 78}{reset}"
+        lines = [banner] + lines
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from diffusers_agdm.attacks import BPDAClassifier
+from diffusers_agdm.data import LabelledImages
+from diffusers_agdm.evaluation import (
+    DEFENSES,
+    EvaluationConfig,
+    SanityCheckError,
+    UndefendedClassifier,
+    check_gradient,
+    check_huge_eps,
+    check_no_rise,
+    check_undefended_collapse,
+    defense_specs,
+    evaluate,
+    format_sanity_block,
+)
+from dummies import CLASSES, dummy_images, dummy_pipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy machine OpenMP threads waiting for each other
+    made these tests 30x slower; every test here (and the module's fixtures) runs on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# Tiny budgets: these tests check the machinery. On tiny random components the sanity thresholds are not
+# meaningful, so they run with allow_failed_sanity unless a test is about the checks themselves.
+TINY = dict(pgd_steps=2, eot_samples=1, rescore_runs=3, batch_size=3, sanity_images=2, sanity_steps=(1, 2),
+            sanity_eot=(1, 2), num_examples=2, show_progress_bar=False, allow_failed_sanity=True)
+
+
+def labelled_data(pipe, n=4, seed=0) -> LabelledImages:
+    """Random images labelled with the classifier's own predictions, so the undefended clean accuracy is 100%."""
+    images = dummy_images(n, seed=seed)
+    with torch.no_grad():
+        labels = pipe.classifier_logits(images).argmax(-1)
+    return LabelledImages(images, labels, [f"c{i}" for i in range(CLASSES)], "random")
+
+
+# ---------------------------------------------------------------------------------------------------- defenses
+def test_the_four_defenses_share_t_star_and_steps_and_differ_only_in_guidance():
+    pipe = dummy_pipeline()
+    specs = {s.name: s for s in defense_specs(pipe, DEFENSES, guidance_scale=7.0, pixel_guidance_scale=3.0,
+                                              strength=0.2, num_inference_steps=2)}
+    assert list(specs) == list(DEFENSES)
+    assert specs["none"].purify_kwargs == {"guidance": "none", "guidance_scale": 0.0, "strength": 0.2,
+                                           "num_inference_steps": 2}
+    assert (specs["pixel"].purify_kwargs["guidance"], specs["pixel"].purify_kwargs["guidance_scale"]) == ("pixel", 3)
+    assert (specs["latent"].purify_kwargs["guidance"], specs["latent"].purify_kwargs["guidance_scale"]) == ("latent",
+                                                                                                           7)
+    described = {name: spec.describe(pipe) for name, spec in specs.items()}
+    first = int(pipe.get_timesteps(0.2, 2)[0])
+    for name in ("none", "pixel", "latent"):
+        assert (described[name]["strength"], described[name]["num_inference_steps"]) == (0.2, 2)
+        assert described[name]["first_timestep"] == first
+    # The latent scale defaults to the pipeline's config.
+    default = {s.name: s for s in defense_specs(pipe, ("latent",))}["latent"].describe(pipe)
+    assert default["guidance_scale"] == pipe.config.guidance_scale
+    with pytest.raises(ValueError, match="Unknown defenses"):
+        defense_specs(pipe, ("undefended", "jpeg"))
+    with pytest.raises(ValueError, match="strength"):
+        defense_specs(pipe, ("none",), strength=2.0)
+
+
+def test_undefended_classifier_is_the_pipeline_classifier():
+    pipe = dummy_pipeline()
+    x = dummy_images(3)
+    model = UndefendedClassifier(pipe)
+    torch.testing.assert_close(model(x), pipe.classifier_logits(x))
+    assert model.purify(x) is x and next(model.parameters(), None) is not None
+    with pytest.raises(ValueError, match="no classifier"):
+        UndefendedClassifier(dummy_pipeline(with_classifier=False))
+
+
+# ---------------------------------------------------------------------------------------------------- sanity checks
+def test_threshold_checks_pass_and_fail_where_they_should():
+    assert check_undefended_collapse(0.0, 64, "Linf", 0.3).passed
+    assert not check_undefended_collapse(0.05, 64, "Linf", 0.3).passed
+    assert check_undefended_collapse(0.0, 64, "Linf", 0.3, clean_accuracy=0.9).passed
+    assert not check_undefended_collapse(0.0, 64, "Linf", 0.3, clean_accuracy=0.0).passed  # vacuous
+    assert check_huge_eps("latent", 0.1, 64, num_classes=10).passed
+    assert not check_huge_eps("latent", 0.5, 64, num_classes=10).passed
+    assert check_no_rise("latent", "more PGD steps", ("10 steps", 0.50), ("50 steps", 0.45), 64).passed
+    assert check_no_rise("latent", "more PGD steps", ("10 steps", 0.50), ("50 steps", 0.55), 64).passed  # noise
+    assert not check_no_rise("latent", "more PGD steps", ("10 steps", 0.30), ("50 steps", 0.70), 64).passed
+    block = format_sanity_block([check_undefended_collapse(0.5, 4, "Linf", 0.3)])
+    assert "SANITY CHECK FAILED" in block and "[FAILED]" in block
+
+
+class MaskedDefense(nn.Module):
+    """A broken defense: its purification cuts the gradient (as a non-differentiable preprocessor would)."""
+
+    def __init__(self, defended, classify):
+        super().__init__()
+        self.defended, self.classify = defended, classify
+
+    def reseed(self, seed):
+        self.defended.reseed(seed)
+
+    def forward(self, x):
+        return self.classify(self.defended.purify(x).detach())
+
+
+def test_gradient_check_passes_the_real_defense_and_fails_broken_ones():
+    pipe = dummy_pipeline("ddpm").to(dtype=torch.float64)
+    x, y = dummy_images(1, dtype=torch.float64), torch.tensor([1])
+    real = pipe.defended_classifier(seed=0, guidance="latent")
+    check = check_gradient(real, x, y, name="latent")
+    assert check.passed, check.detail
+    masked = check_gradient(MaskedDefense(real, pipe.classifier_logits), x, y, name="masked")
+    assert not masked.passed and masked.values["grad_norm"] == 0
+    wrong = check_gradient(BPDAClassifier(real, pipe.classifier_logits), x, y, name="bpda")
+    assert not wrong.passed and wrong.values["grad_norm"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    pipe = dummy_pipeline()
+    data = labelled_data(pipe, n=4)
+    out = tmp_path_factory.mktemp("evaluation")
+    config = EvaluationConfig(attacks=("pgd", "bpda", "surrogate"), seeds=(0, 1), eps_grid=(0.1,), **TINY)
+    result = evaluate(pipe, data, config, output_dir=out, pipeline_name="dummy", command="test")
+    return result, out, data
+
+
+def test_evaluate_reports_every_defense_attack_and_setting(evaluated):
+    result, out, data = evaluated
+    report = json.loads((out / "results.json").read_text())
+    assert report == json.loads(json.dumps(result.report))
+    assert set(report["results"]) == set(DEFENSES)
+    for by_attack in report["results"].values():
+        assert set(by_attack) == {"clean", "pgd", "bpda", "surrogate"}
+    settings = report["settings"]
+    assert settings["threat_model"] == {"norm": "Linf", "eps": 0.3, "eps_grid": [0.1, 0.3]}
+    assert settings["pgd"]["steps"] == 2 and settings["pgd"]["step_size"] == pytest.approx(2.5 * 0.3 / 2)
+    assert settings["seeds"] == [0, 1] and settings["rescore_runs"] == 3
+    assert settings["surrogate"]["num_inference_steps"] == {"none": 1, "pixel": 1, "latent": 1}
+    assert report["defenses"]["latent"]["first_timestep"] == int(dummy_pipeline().get_timesteps(0.3, 3)[0])
+    run = report["run"]
+    assert run["versions"]["diffusers_agdm"] and run["versions"]["torch"] and run["wall_time_s"] > 0
+    assert run["command"] == "test" and report["pipeline"] == "dummy"
+    # The undefended classifier is right on every clean image (the labels are its own predictions).
+    assert report["results"]["undefended"]["clean"]["all"]["mean"] == 1.0
+
+
+def test_accuracies_are_the_per_image_records_and_std_is_over_seeds(evaluated):
+    result, _, data = evaluated
+    report = result.report
+    k = report["settings"]["rescore_runs"]
+    for defense in DEFENSES:
+        for attack in ("clean", "pgd"):
+            stat = report["results"][defense][attack]
+            per_seed = {}
+            for seed in (0, 1):
+                rows = [r for r in report["per_image"] if (r["defense"], r["attack"], r["seed"]) == (defense, attack,
+                                                                                                   seed)]
+                assert sorted(r["index"] for r in rows) == list(range(len(data)))
+                per_seed[seed] = (sum(r["correct_runs"] == k for r in rows) / len(rows),
+                                  sum(2 * r["correct_runs"] > k for r in rows) / len(rows))
+                assert stat["all"]["per_seed"][str(seed)] == per_seed[seed][0]
+                assert stat["majority"]["per_seed"][str(seed)] == per_seed[seed][1]
+                assert per_seed[seed][0] <= per_seed[seed][1]
+            values = [per_seed[0][0], per_seed[1][0]]
+            assert stat["all"]["mean"] == pytest.approx(sum(values) / 2)
+            assert stat["all"]["std"] == pytest.approx(torch.tensor(values).std().item())
+    # The eps curve starts at clean accuracy and passes through the nominal-eps PGD result.
+    for defense, points in report["eps_curve"].items():
+        assert [p["eps"] for p in points] == [0.0, 0.1, 0.3]
+        assert points[0]["all"] == report["results"][defense]["clean"]["all"]
+        assert points[-1]["all"] == report["results"][defense]["pgd"]["all"]
+
+
+def test_markdown_png_and_examples_are_written_and_consistent(evaluated):
+    result, out, data = evaluated
+    markdown = (out / "results.md").read_text()
+    assert "| latent guidance (AGDM) |" in markdown and "PGD-EOT (exact gradient)" in markdown
+    assert "## Sanity checks" in markdown and "gradient is exact [latent]" in markdown
+    for name in ("robust_accuracy_vs_eps.png", "examples_grid.png"):
+        with Image.open(out / name) as image:
+            assert image.size[0] > 200 and image.size[1] > 200
+    examples = result.examples
+    assert examples["attack"] == "pgd" and set(examples["defenses"]) == set(DEFENSES)
+    torch.testing.assert_close(examples["images"], data.images[:2])
+    rows = {(r["defense"], r["index"]): r for r in result.report["per_image"]
+            if r["attack"] == "pgd" and r["seed"] == 0}
+    for defense, ex in examples["defenses"].items():
+        assert (ex["adversarial"] - examples["images"]).abs().max() <= 0.3 + 1e-6
+        # The purified image shown is the one scoring run 0 classified.
+        assert ex["purified_predictions"].tolist() == [rows[(defense, i)]["prediction_run0"] for i in range(2)]
+    torch.testing.assert_close(examples["defenses"]["undefended"]["purified"],
+                               examples["defenses"]["undefended"]["adversarial"])
+
+
+def test_sanity_checks_are_in_every_report(evaluated):
+    result, _, _ = evaluated
+    names = [c["name"] for c in result.report["sanity_checks"]]
+    assert names[0] == "undefended falls under PGD"
+    for defense in ("none", "pixel", "latent"):
+        for stem in ("huge eps reaches chance", "robust accuracy does not rise with more PGD steps",
+                     "robust accuracy does not rise with more EOT samples", "gradient is exact"):
+            assert f"{stem} [{defense}]" in names
+    assert all(c["status"] in ("PASSED", "FAILED") for c in result.report["sanity_checks"])
+
+
+def test_same_seed_same_numbers():
+    pipe = dummy_pipeline()
+    data = labelled_data(pipe, n=2, seed=3)
+    config = EvaluationConfig(defenses=("latent",), **{**TINY, "sanity_images": 0, "gradient_check": False})
+    first = evaluate(pipe, data, config).report
+    second = evaluate(pipe, data, config).report
+    assert first["per_image"] == second["per_image"] and first["results"] == second["results"]
+
+
+def test_a_broken_attack_fails_loudly_after_writing_the_report(tmp_path, capsys):
+    """A PGD that cannot move (step 1e-9, no random start) leaves the undefended classifier intact: the
+    evaluation must fail, say so, and still write what it measured."""
+    pipe = dummy_pipeline()
+    data = labelled_data(pipe, n=2)
+    config = EvaluationConfig(defenses=("undefended",), pgd_step_size=1e-9, random_start=False,
+                              **{**TINY, "allow_failed_sanity": False})
+    with pytest.raises(SanityCheckError, match="undefended falls under PGD") as error:
+        evaluate(pipe, data, config, output_dir=tmp_path)
+    assert not error.value.result.passed
+    assert "SANITY CHECK FAILED" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["sanity_passed"] is False
+    assert "SANITY CHECK FAILED" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"eps": -0.1}, "eps"),
+    ({"eps": 0.0}, "eps"),
+    ({"norm": "L1"}, "norm"),
+    ({"attacks": ("pgd", "cw")}, "Unknown attacks"),
+    ({"attacks": ()}, "No attack"),
+    ({"defenses": ("latent", "jpeg")}, "Unknown defenses"),
+    ({"rescore_runs": 0}, "rescore_runs"),
+    ({"seeds": (0, 0)}, "seeds"),
+    ({"sanity_steps": (10,)}, "sanity_steps"),
+    ({"eps_grid": (-0.2,)}, "eps"),
+    ({"pixel_guidance_scale": -1.0}, "guidance_scale"),
+    ({"attacks": ("autoattack-standard",), "num_classes": 3}, "at least 4 classes"),
+])
+def test_bad_settings_raise_clear_errors(change, message):
+    change = dict(change)
+    num_classes = change.pop("num_classes", CLASSES)
+    pipe = dummy_pipeline()
+    if num_classes != CLASSES:
+        from dummies import dummy_classifier, dummy_guidance
+
+        pipe.register_modules(classifier=dummy_classifier(num_classes), guidance=dummy_guidance(num_classes))
+    data = labelled_data(pipe, n=2)
+    with pytest.raises(ValueError, match=message):
+        evaluate(pipe, data, EvaluationConfig(**{**TINY, **change}))
+
+
+def test_bad_data_raises_clear_errors():
+    pipe = dummy_pipeline()
+    data = labelled_data(pipe, n=2)
+    with pytest.raises(ValueError, match="no images"):
+        evaluate(pipe, data.subset(0, 0), EvaluationConfig(**TINY))
+    with pytest.raises(ValueError, match="labels in"):
+        evaluate(pipe, LabelledImages(data.images, torch.tensor([0, CLASSES]), [], "bad"), EvaluationConfig(**TINY))
+    with pytest.raises(ValueError, match="8x8"):
+        evaluate(pipe, LabelledImages(torch.rand(2, 1, 9, 9), data.labels, [], "big"), EvaluationConfig(**TINY))
+    with pytest.raises(ValueError, match="no classifier"):
+        evaluate(dummy_pipeline(with_classifier=False), data, EvaluationConfig(**TINY))
+    with pytest.raises(ValueError, match="Unknown evaluation setting"):
+        evaluate(pipe, data, EvaluationConfig(**TINY), epsilon=0.3)
