@@ -1,6 +1,7 @@
 """
 The `agdm` command line. Each subcommand is a function `add_<name>_command(subparsers)` that registers its parser
-and the function running it; only `evaluate` exists so far.
+and the function running it: `evaluate` here, `purify`, `info` and `push` in `commands.py`. Without `--pipeline`,
+each works on the embedded default MNIST pipeline.
 
     agdm evaluate --pipeline path/or/hub-id --dataset mnist --split test --num_images 64 --eps 0.3 \\
         --attacks pgd,bpda --output_dir outputs/eval
@@ -17,16 +18,10 @@ EXIT_OK, EXIT_SANITY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def load_pipeline(name_or_path: str | None):
-    """
-    The one place `agdm` loads a pipeline: a local folder or a Hub id, through
-    `AdversarialGuidedPurificationPipeline.from_pretrained`. (A default, embedded pipeline for `name_or_path=None`
-    belongs here once one exists.)
-    """
-    from .pipelines import AdversarialGuidedPurificationPipeline
+    """The one place `agdm` loads a pipeline: a local folder or a Hub id, or the embedded default when None."""
+    from .pretrained import load_pipeline as load
 
-    if not name_or_path:
-        raise ValueError("--pipeline is required: give a pipeline folder or a Hub id.")
-    return AdversarialGuidedPurificationPipeline.from_pretrained(name_or_path)
+    return load(name_or_path)
 
 
 def _split_list(values, cast, option: str) -> tuple:
@@ -60,7 +55,8 @@ def add_evaluate_command(subparsers) -> None:
                     "exits with status 1 when a sanity check fails (unless --allow_failed_sanity).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("pipeline and data")
-    data.add_argument("--pipeline", default=None, help="pipeline folder or Hub id (required)")
+    data.add_argument("--pipeline", default=None, help="pipeline folder or Hub id (default: the embedded MNIST "
+                      "pipeline)")
     data.add_argument("--dataset", default="mnist", help="a built-in (mnist, fashion-mnist, foolbox-*) or a Hub id")
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--data_dir", default=None, help="an image folder (class = sub-folder) instead of --dataset")
@@ -164,7 +160,7 @@ def run_evaluate(args, argv) -> int:
         data = data.subset(args.start_index, args.num_images or None)
         if len(data) == 0:
             raise ValueError(f"No images to evaluate: the split has none from --start_index {args.start_index}.")
-        evaluate(pipeline, data, config, output_dir=args.output_dir, pipeline_name=args.pipeline,
+        evaluate(pipeline, data, config, output_dir=args.output_dir, pipeline_name=args.pipeline or "embedded default",
                  command="agdm " + shlex.join(argv))
     except SanityCheckError as err:
         if state.is_main_process:
@@ -178,10 +174,15 @@ def run_evaluate(args, argv) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .commands import add_info_command, add_purify_command, add_push_command
+
     parser = argparse.ArgumentParser(prog="agdm", description="diffusers-agdm: adversarial purification with "
                                      "Adversarial Guided Diffusion Models.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_evaluate_command(subparsers)
+    add_purify_command(subparsers)
+    add_info_command(subparsers)
+    add_push_command(subparsers)
     return parser
 
 

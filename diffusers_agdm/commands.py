@@ -29,14 +29,14 @@ def add_purify_command(subparsers) -> None:
     parser.add_argument("--strength", type=float, default=None, help="t* as a fraction; default: the pipeline's")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="default: the pipeline's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(run=run_purify)
+    parser.set_defaults(func=run_purify)
 
 
-def run_purify(args) -> int:
+def run_purify(args, argv=None) -> int:
     import torch
     from PIL import Image
 
-    from .pretrained import load_pipeline
+    from .cli import load_pipeline
 
     pipe = load_pipeline(args.pipeline)
     files = [Path(p) for p in args.images]
@@ -105,7 +105,7 @@ def add_info_command(subparsers) -> None:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _pipeline_arg(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.set_defaults(run=run_info)
+    parser.set_defaults(func=run_info)
 
 
 def pipeline_info(pipe, folder: Path | None) -> dict:
@@ -137,8 +137,9 @@ def pipeline_info(pipe, folder: Path | None) -> dict:
     return info
 
 
-def run_info(args) -> int:
-    from .pretrained import default_pipeline_path, load_pipeline
+def run_info(args, argv=None) -> int:
+    from .cli import load_pipeline
+    from .pretrained import default_pipeline_path
 
     pipe = load_pipeline(args.pipeline)
     folder = Path(pipe.name_or_path) if getattr(pipe, "name_or_path", None) else None
@@ -178,15 +179,16 @@ def add_push_command(subparsers) -> None:
     parser.add_argument("--repo_id", required=True, help="e.g. your-name/agdm-mnist")
     parser.add_argument("--token", default=None)
     parser.add_argument("--private", action="store_true")
-    parser.set_defaults(run=run_push)
+    parser.set_defaults(func=run_push)
 
 
-def run_push(args) -> int:
+def run_push(args, argv=None) -> int:
     import shutil
     import tempfile
 
+    from .cli import load_pipeline
     from .hub import make_model_card, push_folder_to_hub
-    from .pretrained import default_pipeline_path, load_pipeline
+    from .pretrained import default_pipeline_path
 
     folder = default_pipeline_path() if args.pipeline is None else Path(args.pipeline)
     if not (folder / "model_index.json").is_file():

@@ -5,7 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
 
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
 PURIFICATION_CONFIG_KEYS = ("strength", "num_inference_steps", "guidance_scale", "guidance_mode", "feature_weight",
@@ -34,19 +34,21 @@ def _results_markdown(results: list[dict] | None) -> str:
     return "\n".join(lines)
 
 
-def _model_index(repo_id: str, results: list[dict] | None, dataset: str | None) -> list[dict] | None:
-    """model-index metadata so the Hub shows the measured numbers."""
+def _eval_results(results: list[dict] | None, dataset: str | None) -> list[EvalResult] | None:
+    """The card's `model-index` metadata, so the Hub shows the measured numbers."""
     if not results:
         return None
-    metrics = []
+    common = dict(task_type="image-classification", task_name="adversarial purification",
+                  dataset_type=dataset or "unknown", dataset_name=dataset or "unknown")
+    entries = []
     for r in results:
-        metrics.append({"type": "accuracy", "name": f"clean accuracy ({r['defense']})", "value": r["clean_accuracy"]})
+        entries.append(EvalResult(metric_type="accuracy", metric_name=f"clean accuracy ({r['defense']})",
+                                  metric_value=r["clean_accuracy"], **common))
         if r.get("robust_accuracy") is not None:
-            metrics.append({"type": "robust_accuracy", "name": f"robust accuracy ({r['defense']}, {r['attack']})",
-                            "value": r["robust_accuracy"]})
-    return [{"name": repo_id, "results": [{"task": {"type": "image-classification", "name": "adversarial purification"},
-                                           "dataset": {"type": dataset or "unknown", "name": dataset or "unknown"},
-                                           "metrics": metrics}]}]
+            entries.append(EvalResult(metric_type="robust_accuracy",
+                                      metric_name=f"robust accuracy ({r['defense']}, {r['attack']})",
+                                      metric_value=r["robust_accuracy"], **common))
+    return entries
 
 
 def make_model_card(pipeline, repo_id: str = "your-name/agdm-pipeline", *, description: str = "",
@@ -59,13 +61,11 @@ def make_model_card(pipeline, repo_id: str = "your-name/agdm-pipeline", *, descr
     which also become the card's model-index metadata; `training` is markdown with the command that made it.
     """
     card_data = ModelCardData(library_name="diffusers", license="apache-2.0", base_model=base_model,
+                              model_name=repo_id, eval_results=_eval_results(results, dataset),
                               datasets=[dataset] if dataset else None,
                               tags=["adversarial-purification", "adversarial-robustness", "diffusion", "agdm",
                                     "diffusers-agdm"],
                               pipeline_tag="image-classification")
-    index = _model_index(repo_id, results, dataset)
-    if index:
-        card_data.model_index = index  # serialised verbatim as `model-index`
     purification = {k: pipeline.config[k] for k in PURIFICATION_CONFIG_KEYS if k in pipeline.config}
     if not purification:
         purification = {"note": "not a purification pipeline: a component to build one with"}

@@ -97,11 +97,6 @@ def test_cli_bad_input_exits_2_with_a_message(saved, tmp_path, capsys, flags, me
     assert message in capsys.readouterr().err
 
 
-def test_cli_requires_a_pipeline(capsys):
-    assert main(["evaluate"]) == EXIT_BAD_INPUT
-    assert "--pipeline is required" in capsys.readouterr().err
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

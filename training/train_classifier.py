@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from diffusers_agdm import SmallImageClassifier
 from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
                                      load_training_data, parse_training_args, train_loop)
+from diffusers_agdm.training.augment import random_affine
 from diffusers_agdm.training.output import save_and_push
 
 
@@ -25,6 +26,10 @@ def parse_args(argv=None):
     g = parser.add_argument_group("model")
     g.add_argument("--block_out_channels", type=str, default="32,64")
     g.add_argument("--hidden_dim", type=int, default=128)
+    a = parser.add_argument_group("augmentation")
+    a.add_argument("--augment_shift", type=float, default=2.0, help="Random shift in pixels (0: off).")
+    a.add_argument("--augment_rotation", type=float, default=10.0, help="Random rotation in degrees (0: off).")
+    a.add_argument("--augment_scale", type=float, default=0.1, help="Random scaling, as a fraction (0: off).")
     return parse_training_args(parser, argv, __file__)
 
 
@@ -46,6 +51,7 @@ def main(argv=None):
         labels=train_data.class_names or None)
 
     def loss_fn(model, images, labels):
+        images = random_affine(images, args.augment_shift, args.augment_rotation, args.augment_scale)
         logits = model(images).logits
         return F.cross_entropy(logits, labels), {"train_accuracy": (logits.argmax(1) == labels).float().mean().item()}
 

@@ -11,7 +11,8 @@ Adaptive attacks on purification defenses.
 """
 
 from .autoattack import AUTOATTACK_VERSIONS, autoattack
-from .pgd import LOSSES, NORMS, attack_loss, check_budget, default_step_size, eot_gradient, pgd, project
+from .pgd import (LOSSES, NORMS, ascent_direction, attack_loss, check_budget, default_step_size, eot_gradient, pgd,
+                  project)
 from .scoring import RescoredPredictions, rescore
 from .surrogates import BPDAClassifier, surrogate_defense
 
@@ -21,6 +22,7 @@ __all__ = [
     "LOSSES",
     "NORMS",
     "RescoredPredictions",
+    "ascent_direction",
     "attack_loss",
     "autoattack",
     "check_budget",

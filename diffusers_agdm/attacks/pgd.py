@@ -94,6 +94,15 @@ def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
 
 
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent step of unit `norm` for a gradient: its sign in Linf, its direction in L2."""
+    if norm == "Linf":
+        return grad.sign()
+    if norm == "L2":
+        return grad / _per_image_norm(grad).clamp_min(1e-12)
+    raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
+
+
 def random_perturbation(images: torch.Tensor, norm: str, eps: float, generator: torch.Generator | None = None):
     """A uniform point of the Linf ball, or a random direction at a uniform radius in the L2 ball (as torchattacks'
     PGDL2), drawn on the CPU from `generator` so the start does not depend on the device."""
@@ -167,10 +176,6 @@ def pgd(
     delta = random_perturbation(images, norm, eps, generator) if random_start else torch.zeros_like(images)
     x_adv = (images + delta).clamp(0, 1)
     for _ in tqdm(range(steps), desc="PGD", leave=False, disable=not show_progress_bar):
-        grad = eot_gradient(model, x_adv, labels, loss, eot_samples)
-        if norm == "Linf":
-            step = step_size * grad.sign()
-        else:
-            step = step_size * grad / _per_image_norm(grad).clamp_min(1e-12)
+        step = step_size * ascent_direction(eot_gradient(model, x_adv, labels, loss, eot_samples), norm)
         x_adv = (images + project(x_adv + step - images, norm, eps)).clamp(0, 1).detach()
     return x_adv

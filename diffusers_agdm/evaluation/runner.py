@@ -12,7 +12,6 @@ the same seeds and `batch_size`.
 import copy
 import hashlib
 import math
-import os
 import shlex
 import sys
 import time
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from ..attacks import BPDAClassifier, autoattack, check_budget, default_step_size, pgd, rescore
 from ..attacks.autoattack import autoattack_min_classes
 from ..data import LabelledImages, check_images_fit
+from ..distributed import needs_cpu_process_group
 from .defenses import DEFAULT_PIXEL_GUIDANCE_SCALE, DEFENSE_TITLES, DEFENSES, DefenseSpec, defense_specs
 from .sanity import (
     SanityCheck,
@@ -232,8 +232,7 @@ def partial_state(cpu: bool = False):
     accelerate only sets up when told `cpu=True`."""
     from accelerate import PartialState
 
-    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return PartialState(cpu=cpu or (multi_process and not torch.cuda.is_available()))
+    return PartialState(cpu=cpu or needs_cpu_process_group())
 
 
 def _stats(values: list[float]) -> dict:

@@ -10,30 +10,13 @@ maximising the KL term, and is diffused with the same noise and t.
 import torch
 import torch.nn.functional as F
 
+from ..attacks.pgd import ascent_direction, project
+
 
 def diffuse(images01: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
     """The forward process x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps, for [0, 1] images (mapped to [-1, 1])."""
     abar = alphas_cumprod.to(images01.device)[timesteps].to(images01.dtype).reshape(-1, 1, 1, 1)
     return abar.sqrt() * (images01 * 2 - 1) + (1 - abar).sqrt() * noise
-
-
-def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    """Project a perturbation onto the `norm` ball of radius `eps`."""
-    if norm == "Linf":
-        return delta.clamp(-eps, eps)
-    if norm == "L2":
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
-        return delta * (eps / norms).clamp(max=1.0)
-    raise ValueError(f"Unknown norm {norm!r}; use 'Linf' or 'L2'.")
-
-
-def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """The steepest-ascent direction of unit `norm` for a gradient."""
-    if norm == "Linf":
-        return grad.sign()
-    if norm == "L2":
-        return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
-    raise ValueError(f"Unknown norm {norm!r}; use 'Linf' or 'L2'.")
 
 
 def _kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""`agdm purify`, `agdm info` and `agdm push` on a tiny saved pipeline."""
+
+import json
+import shutil
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusers_agdm.cli import main
+from dummies import dummy_pipeline, put_in_hub_cache, repo_files
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipe")
+    dummy_pipeline().save_pretrained(path)
+    return path
+
+
+def _pngs(folder, n=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        pixels = (np.random.default_rng(i).random((8, 8)) * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"digit{i}.png")
+        files.append(str(folder / f"digit{i}.png"))
+    return files
+
+
+def test_purify_writes_images_and_a_comparison(saved, tmp_path, capsys):
+    files = _pngs(tmp_path / "in")
+    assert main(["purify", *files, "--output", str(tmp_path / "out"), "--pipeline", str(saved), "--seed", "1"]) == 0
+    for i in range(3):
+        image = Image.open(tmp_path / "out" / f"digit{i}_purified.png")
+        assert image.size == (8, 8)
+    comparison = Image.open(tmp_path / "out" / "comparison.png")
+    assert comparison.size[0] > comparison.size[1] > 100  # a real figure, inputs above purified
+    printed = capsys.readouterr().out
+    assert "predicted" in printed and "comparison.png" in printed
+
+
+def test_purify_is_deterministic_for_a_seed(saved, tmp_path):
+    files = _pngs(tmp_path / "in", 2)
+    for run in ("a", "b"):
+        main(["purify", *files, "--output", str(tmp_path / run), "--pipeline", str(saved), "--seed", "3"])
+    a = np.asarray(Image.open(tmp_path / "a" / "digit0_purified.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "digit0_purified.png"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_purify_rejects_missing_and_wrong_sized_files(saved, tmp_path, capsys):
+    assert main(["purify", str(tmp_path / "nope.png"), "--output", str(tmp_path / "o"), "--pipeline",
+                 str(saved)]) == 2
+    assert "No such image file" in capsys.readouterr().err
+    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(tmp_path / "big.png")
+    assert main(["purify", str(tmp_path / "big.png"), "--output", str(tmp_path / "o"), "--pipeline",
+                 str(saved)]) == 2
+    assert "8x8 images, got 16x16" in capsys.readouterr().err
+
+
+def test_info_lists_components_config_and_card_numbers(saved, tmp_path, capsys):
+    from diffusers_agdm import load_pipeline, make_model_card
+
+    folder = tmp_path / "with_card"
+    shutil.copytree(saved, folder)
+    results = [{"defense": "latent", "attack": "PGD-EOT", "clean_accuracy": 0.9, "robust_accuracy": 0.55}]
+    make_model_card(load_pipeline(str(folder)), "org/x", results=results, dataset="mnist").save(folder / "README.md")
+    assert main(["info", "--pipeline", str(folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert set(info["components"]) == {"unet", "scheduler", "guidance", "classifier"}
+    assert info["components"]["guidance"]["parameters"] > 0 and info["components"]["unet"]["bytes_on_disk"] > 0
+    assert info["purification_defaults"]["guidance_scale"] == 5.0
+    assert any(m["value"] == 0.55 for m in info["card_results"])
+    assert main(["info", "--pipeline", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert "GuidanceModel" in text and "55.0%" in text
+
+
+def test_push_uploads_folder_with_card_and_it_loads_back(saved, tmp_path, hub_cache):
+    uploaded = tmp_path / "uploaded"
+
+    def fake_upload(repo_id, folder_path, **kwargs):
+        shutil.copytree(folder_path, uploaded)
+        return "https://huggingface.co/org/agdm-cli/commit/1"
+
+    with mock.patch("diffusers_agdm.hub.create_repo", lambda repo_id, **k: SimpleNamespace(repo_id=repo_id)), \
+            mock.patch("diffusers_agdm.hub.upload_folder", fake_upload):
+        assert main(["push", "--pipeline", str(saved), "--repo_id", "org/agdm-cli"]) == 0
+    files = repo_files(uploaded)
+    assert "README.md" in files and "model_index.json" in files
+    assert "org/agdm-cli" in (uploaded / "README.md").read_text()
+    put_in_hub_cache(uploaded, "org/agdm-cli", hub_cache)
+
+    def listing(repo_id, revision=None, cache_dir=None, **_):
+        return [SimpleNamespace(path=p) for p in files]
+
+    from diffusers import DiffusionPipeline
+
+    with mock.patch("diffusers.pipelines.pipeline_utils.get_cached_repo_tree", listing):
+        pipe = DiffusionPipeline.from_pretrained("org/agdm-cli")
+    assert type(pipe).__name__ == "AdversarialGuidedPurificationPipeline"
