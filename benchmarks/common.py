@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from diffusers_agdm.evaluation.report import markdown_table  # noqa: F401  (re-exported for the scripts)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -42,9 +44,3 @@ def write_results(name: str, settings: dict, numbers, started: float) -> Path:
     path.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {path}")
     return path
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

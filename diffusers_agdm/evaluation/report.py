@@ -11,6 +11,13 @@ SCORE_TITLES = {
 }
 
 
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A markdown table; cells are formatted with `str`."""
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def format_accuracy(stat: dict) -> str:
     """`{"mean": 0.4375, "std": 0.021}` as `43.8 ± 2.1` (percent); no std with a single seed."""
     text = f"{100 * stat['mean']:.1f}"
@@ -21,26 +28,20 @@ def results_table(report: dict, kind: str = "all") -> str:
     """Defense x {clean, each attack} as a markdown table of accuracy (%), mean ± std over seeds."""
     from .runner import ATTACK_TITLES
 
-    attacks = list(report["settings"]["attacks"])
-    columns = ["clean"] + attacks
-    header = "| defense | " + " | ".join(ATTACK_TITLES[c] for c in columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 1)]
-    for defense, by_attack in report["results"].items():
-        title = report["defenses"][defense]["title"]
-        lines.append(f"| {title} | " + " | ".join(format_accuracy(by_attack[c][kind]) for c in columns) + " |")
-    return "\n".join(lines)
+    columns = ["clean"] + list(report["settings"]["attacks"])
+    return markdown_table(["defense"] + [ATTACK_TITLES[c] for c in columns],
+                          [[report["defenses"][defense]["title"]] + [format_accuracy(by_attack[c][kind])
+                                                                     for c in columns]
+                           for defense, by_attack in report["results"].items()])
 
 
 def eps_table(report: dict, kind: str = "all") -> str:
     """Robust accuracy (%) under exact PGD against eps, one row per defense (eps 0 is clean accuracy)."""
     curve = report["eps_curve"]
     eps_values = [point["eps"] for point in next(iter(curve.values()))]
-    lines = ["| defense | " + " | ".join(f"eps {e:g}" for e in eps_values) + " |",
-             "|" + "---|" * (len(eps_values) + 1)]
-    for defense, points in curve.items():
-        lines.append(f"| {report['defenses'][defense]['title']} | "
-                     + " | ".join(format_accuracy(p[kind]) for p in points) + " |")
-    return "\n".join(lines)
+    return markdown_table(["defense"] + [f"eps {e:g}" for e in eps_values],
+                          [[report["defenses"][defense]["title"]] + [format_accuracy(p[kind]) for p in points]
+                           for defense, points in curve.items()])
 
 
 def _settings_lines(report: dict) -> list[str]:

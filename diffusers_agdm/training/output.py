@@ -5,6 +5,7 @@ import os
 import shlex
 from pathlib import Path
 
+from ..evaluation.report import markdown_table
 from ..hub import make_model_card, push_folder_to_hub
 
 
@@ -25,15 +26,12 @@ def training_markdown(command: str, args, result, wall_time_s: float, extra: str
     ]
     if result.metrics:
         lines += ["Final metrics on the images held back from training (`--eval_samples`):", "",
-                  "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in result.metrics.items()]
-        lines.append("")
+                  markdown_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in result.metrics.items()]), ""]
     if len(result.history) > 1:
         keys = list(result.history[0].keys())
-        lines += ["Over training:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys)
-                  + " |" for row in result.history]
-        lines.append("")
+        lines += ["Over training:", "",
+                  markdown_table(keys, [[f"{row[k]:.4f}" if isinstance(row[k], float) else row[k] for k in keys]
+                                        for row in result.history]), ""]
     if extra:
         lines += [extra, ""]
     lines += ["<details><summary>Full configuration</summary>", "", "```json", json.dumps(config, indent=2,
