@@ -33,8 +33,6 @@ def main(argv=None):
     parser.add_argument("--pgd_steps", type=int, default=20)
     parser.add_argument("--eot_samples", type=int, default=2)
     parser.add_argument("--rescore_runs", type=int, default=3)
-    parser.add_argument("--pixel_guidance_scale", type=float, default=None,
-                        help="default: the tuned value recorded with the embedded default")
     parser.add_argument("--autoattack_images", type=int, default=64,
                         help="AutoAttack-rand runs on the first N images only (0: skip); it costs ~100x PGD")
     parser.add_argument("--autoattack_steps", type=int, default=20)
@@ -45,9 +43,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = time.time()
     pipe = load(args.pipeline)
-    pixel_scale = args.pixel_guidance_scale
-    if pixel_scale is None:
-        pixel_scale = default_pixel_scale(args.pipeline)
     data = load_labelled_images("mnist", "test")
     numbers, rows = {}, []
     for norm in args.norms:
@@ -58,7 +53,7 @@ def main(argv=None):
             config = EvaluationConfig(
                 attacks=(attack,), norm=norm, eps=THREATS[norm], pgd_steps=args.pgd_steps,
                 eot_samples=args.eot_samples, rescore_runs=args.rescore_runs, seeds=tuple(args.seeds),
-                batch_size=args.batch_size, pixel_guidance_scale=pixel_scale, sanity_images=sanity,
+                batch_size=args.batch_size, sanity_images=sanity,
                 gradient_check=attack == "pgd", autoattack_steps=args.autoattack_steps,
                 autoattack_eot_iter=args.autoattack_eot_iter, allow_failed_sanity=True)
             out = Path(args.output_dir) / f"{norm.lower()}-{attack}"
@@ -79,25 +74,8 @@ def main(argv=None):
                              f"{100 * robust['majority']['mean']:.1f} ± {100 * robust['majority']['std']:.1f}"])
     print("\n" + markdown_table(["norm", "attack", "images", "defense", "clean % (all K)", "robust % (all K)",
                                  "robust % (majority of K)"], rows))
-    settings = {k: v for k, v in vars(args).items()}
-    settings["pixel_guidance_scale"] = pixel_scale
-    write_results("robustness_table", settings, numbers, started)
-
-
-def default_pixel_scale(pipeline) -> float:
-    """The pixel-guidance scale tuned with the pipeline (its tuning.json), else the evaluation's default."""
-    import json
-
-    from diffusers_agdm import default_pipeline_path
-    from diffusers_agdm.evaluation.defenses import DEFAULT_PIXEL_GUIDANCE_SCALE
-
-    folder = Path(pipeline) if pipeline else default_pipeline_path()
-    tuning = folder / "tuning.json"
-    if tuning.is_file():
-        chosen = json.loads(tuning.read_text())["chosen"].get("pixel")
-        if chosen:
-            return float(chosen["scale"])
-    return DEFAULT_PIXEL_GUIDANCE_SCALE
+    write_results("robustness_table", {**vars(args), "pixel_guidance_scale": pipe.config.pixel_guidance_scale},
+                  numbers, started)
 
 
 if __name__ == "__main__":

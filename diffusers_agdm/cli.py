@@ -43,7 +43,7 @@ def _bool(text: str) -> bool:
 
 
 def add_evaluate_command(subparsers) -> None:
-    from .evaluation.defenses import DEFAULT_PIXEL_GUIDANCE_SCALE, DEFENSES
+    from .evaluation.defenses import DEFENSES
     from .evaluation.runner import ATTACKS, EvaluationConfig
 
     defaults = EvaluationConfig()
@@ -98,7 +98,8 @@ def add_evaluate_command(subparsers) -> None:
     purification.add_argument("--strength", type=float, default=None, help="t* as a fraction of the schedule")
     purification.add_argument("--num_inference_steps", type=int, default=None)
     purification.add_argument("--guidance_scale", type=float, default=None, help="latent (AGDM) guidance scale")
-    purification.add_argument("--pixel_guidance_scale", type=float, default=DEFAULT_PIXEL_GUIDANCE_SCALE)
+    purification.add_argument("--pixel_guidance_scale", type=float, default=None,
+                              help="pixel (GDMP-style) guidance scale (default: the pipeline's)")
     purification.add_argument("--feature_weight", type=float, default=None)
     purification.add_argument("--class_guidance", type=_bool, default=None, metavar="{true,false}")
     purification.add_argument("--guidance_target", default=None, choices=("diffused", "input"))

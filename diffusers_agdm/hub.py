@@ -8,8 +8,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
 
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
-PURIFICATION_CONFIG_KEYS = ("strength", "num_inference_steps", "guidance_scale", "guidance_mode", "feature_weight",
-                            "class_guidance", "guidance_target", "eta")
+PURIFICATION_CONFIG_KEYS = ("strength", "num_inference_steps", "guidance_scale", "guidance_mode", "pixel_guidance_scale",
+                            "feature_weight", "class_guidance", "guidance_target", "eta")
 
 
 def _components_table(pipeline) -> str:

@@ -109,7 +109,7 @@ def main(argv=None):
         raise SystemExit(f"No latent-guided setting reached clean accuracy {args.min_clean:.0%}; see the rows above.")
     pixel = choose([r for r in rows if r["strength"] == latent["strength"]], "pixel", args.min_clean)
     pipe.register_to_config(strength=latent["strength"], num_inference_steps=steps, guidance_scale=latent["scale"],
-                            guidance_mode="latent")
+                            guidance_mode="latent", **({"pixel_guidance_scale": pixel["scale"]} if pixel else {}))
     out = Path(args.output_dir)
     pipe.save_pretrained(out, safe_serialization=True)
     summary = {"command": " ".join(["python", "training/tune_purification.py", *(argv or sys.argv[1:])]),

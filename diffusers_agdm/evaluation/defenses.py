@@ -14,10 +14,6 @@ DEFENSE_TITLES = {
 }
 DEFENSE_SHORT_TITLES = {"undefended": "undefended", "none": "unguided (DiffPure)", "pixel": "pixel (GDMP)",
                         "latent": "latent (AGDM)"}
-# GDMP-style pixel guidance has no tuned value in this project; 10 is the prototype's setting (../shared/AGDM.md
-# section 6). Its scale means something different from the latent one (a pixel distance, not a feature distance),
-# so it gets its own option instead of borrowing the latent scale.
-DEFAULT_PIXEL_GUIDANCE_SCALE = 10.0
 
 
 class UndefendedClassifier(nn.Module):
@@ -103,14 +99,15 @@ def defense_specs(
     strength: float | None = None,
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
-    pixel_guidance_scale: float = DEFAULT_PIXEL_GUIDANCE_SCALE,
+    pixel_guidance_scale: float | None = None,
     feature_weight: float | None = None,
     class_guidance: bool | None = None,
     guidance_target: str | None = None,
 ) -> list[DefenseSpec]:
     """
     The defenses `names` on one pipeline, sharing t* and the number of reverse steps (the pipeline's config unless
-    given): `"none"` is `guidance="none"`, `"pixel"` is `guidance="pixel"` at `pixel_guidance_scale`, `"latent"` is
+    given): `"none"` is `guidance="none"`, `"pixel"` is `guidance="pixel"` at `pixel_guidance_scale` (default: the pipeline's
+    `pixel_guidance_scale`, its own tuned value; a pixel distance needs another scale than the latent one), `"latent"` is
     `guidance="latent"` at `guidance_scale` (default: the pipeline's). Raises a `ValueError` for an unknown name or
     a setting the pipeline rejects.
     """

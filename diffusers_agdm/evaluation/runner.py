@@ -27,7 +27,7 @@ from ..attacks import BPDAClassifier, autoattack, check_budget, default_step_siz
 from ..attacks.autoattack import autoattack_min_classes
 from ..data import LabelledImages, check_images_fit
 from ..distributed import needs_cpu_process_group
-from .defenses import DEFAULT_PIXEL_GUIDANCE_SCALE, DEFENSE_TITLES, DEFENSES, DefenseSpec, defense_specs
+from .defenses import DEFENSE_TITLES, DEFENSES, DefenseSpec, defense_specs
 from .sanity import (
     SanityCheck,
     check_gradient,
@@ -74,7 +74,7 @@ class EvaluationConfig:
             processes).
         strength, num_inference_steps, guidance_scale, feature_weight, class_guidance, guidance_target: Purification
             settings (default: the pipeline's config); `guidance_scale` is the latent scale.
-        pixel_guidance_scale: The GDMP-style pixel guidance scale.
+        pixel_guidance_scale: The GDMP-style pixel guidance scale (default: the pipeline's `pixel_guidance_scale`).
         sanity_images: Images (the first ones) for the costly sanity checks (huge eps, more steps, more EOT); 0 skips
             them.
         sanity_steps, sanity_eot: (weak, strong) PGD steps and EOT samples those checks compare.
@@ -105,7 +105,7 @@ class EvaluationConfig:
     strength: float | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
-    pixel_guidance_scale: float = DEFAULT_PIXEL_GUIDANCE_SCALE
+    pixel_guidance_scale: float | None = None
     feature_weight: float | None = None
     class_guidance: bool | None = None
     guidance_target: str | None = None

@@ -99,6 +99,8 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         strength, num_inference_steps, guidance_scale, guidance_mode, feature_weight, class_guidance,
         guidance_target, eta: The purification defaults, saved in `model_index.json` so that a published pipeline
             carries the settings it was tuned and evaluated with. Each can be overridden per call.
+        pixel_guidance_scale: The default scale of `guidance="pixel"` (the GDMP-style baseline); a pixel distance
+            needs another scale than the latent one, so the baseline keeps its own tuned value.
     """
 
     model_cpu_offload_seq = "guidance->unet->classifier"
@@ -115,6 +117,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         num_inference_steps: int = 10,
         guidance_scale: float = 30.0,
         guidance_mode: str = "latent",
+        pixel_guidance_scale: float = 1.0,
         feature_weight: float = 1.0,
         class_guidance: bool = True,
         guidance_target: str = "diffused",
@@ -125,6 +128,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
                               feature_extractor=feature_extractor)
         self.register_to_config(strength=strength, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, guidance_mode=guidance_mode,
+                                pixel_guidance_scale=pixel_guidance_scale,
                                 feature_weight=feature_weight, class_guidance=class_guidance,
                                 guidance_target=guidance_target, eta=eta)
         self._check_components()
@@ -186,9 +190,13 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             raise ValueError(f"`strength` must be in (0, 1], got {strength!r}.")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        mode = cfg.guidance_mode if guidance is None else guidance
+        if guidance_scale is None:
+            guidance_scale = cfg.get("pixel_guidance_scale", cfg.guidance_scale) if mode == "pixel" \
+                else cfg.guidance_scale
         settings = GuidanceSettings(
-            mode=cfg.guidance_mode if guidance is None else guidance,
-            scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
+            mode=mode,
+            scale=guidance_scale,
             feature_weight=cfg.feature_weight if feature_weight is None else feature_weight,
             class_guidance=cfg.class_guidance if class_guidance is None else class_guidance,
             target=cfg.guidance_target if guidance_target is None else guidance_target,
