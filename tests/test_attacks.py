@@ -15,16 +15,6 @@ from diffusers_agdm.attacks import (
 from dummies import CLASSES, dummy_images, dummy_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine OpenMP threads waiting for each other
-    made these tests 30x slower; every test here (and the module's fixtures) runs on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def linear_classifier(num_classes=4, size=4, seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(size * size, num_classes))

@@ -14,15 +14,6 @@ from diffusers_agdm.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_SANITY_FAILED, buil
 from dummies import dummy_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine OpenMP threads waiting for each other
-    made these tests 30x slower; every test here (and the module's fixtures) runs on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--pgd_steps", "2", "--eot_samples", "1", "--rescore_runs", "3", "--batch_size", "2",
               "--sanity_images", "2", "--sanity_steps", "1", "2", "--sanity_eot", "1", "2", "--num_examples", "2",

@@ -23,15 +23,6 @@ from diffusers_agdm.evaluation import (
 from dummies import CLASSES, dummy_images, dummy_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine OpenMP threads waiting for each other
-    made these tests 30x slower; every test here (and the module's fixtures) runs on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # Tiny budgets: these tests check the machinery. On tiny random components the sanity thresholds are not
 # meaningful, so they run with allow_failed_sanity unless a test is about the checks themselves.
 TINY = dict(pgd_steps=2, eot_samples=1, rescore_runs=3, batch_size=3, sanity_images=2, sanity_steps=(1, 2),
