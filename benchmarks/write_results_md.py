@@ -1,0 +1,110 @@
+"""Render benchmarks/RESULTS.md from benchmarks/results/*.json, so the two always agree.
+
+    python benchmarks/write_results_md.py
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, markdown_table  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def _load(name):
+    path = RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _header(r) -> list[str]:
+    m = r["machine"]
+    where = m.get("gpu") or f"{m['cpu_count']} CPU cores, {m['torch_threads']} torch thread(s)"
+    return [f"Command: `{r['command']}`  ", f"Machine: {where}, torch {m['torch']}; diffusers-agdm "
+            f"{r['diffusers_agdm_version']}; wall time {r['wall_time_s'] / 60:.1f} min.", ""]
+
+
+def throughput(r) -> list[str]:
+    s, res = r["settings"], r["results"]
+    rows = [[mode, f"{v['images_per_s']:.1f}", f"{v['median_s_per_batch']:.3f}", f"{v['ratio_to_unguided']:.2f}x"]
+            for mode, v in res.items()]
+    ratio = res["latent"]["ratio_to_unguided"]
+    return ["## 1. Purification throughput", "", *_header(r),
+            f"t* = {s['strength']}, {s['num_inference_steps']} DDIM steps, batch {s['batch_size']}, median of "
+            f"{s['repeats']} interleaved repeats, latent scale {s['guidance_scale']}.", "",
+            markdown_table(["guidance", "images / s", "s / batch", "time vs unguided"], rows), "",
+            f"Target latent / unguided <= 1.25x: **{'met' if ratio <= 1.25 else 'not met'}** ({ratio:.2f}x).", ""]
+
+
+def memory(r) -> list[str]:
+    res = r["results"]
+    by = {(row["steps"], row["checkpointing"]): row for row in res["rows"]}
+    steps = sorted({row["steps"] for row in res["rows"]})
+    rows = [[n, f"{by[(n, False)]['peak_bytes'] / 2**20:.1f}", f"{by[(n, True)]['peak_bytes'] / 2**20:.1f}",
+             f"{by[(n, False)]['seconds']:.2f}", f"{by[(n, True)]['seconds']:.2f}",
+             f"{by[(n, True)]['seconds'] / by[(n, False)]['seconds']:.2f}x"] for n in steps]
+    growth = res["growth_checkpointed"]
+    return ["## 2. Memory of the exact-gradient attack", "", *_header(r),
+            f"One exact PGD gradient (latent guidance, batch {r['settings']['batch_size']}); memory: "
+            f"{r['settings']['measure']}.", "",
+            markdown_table(["reverse steps", "peak MiB, plain", "peak MiB, checkpointed", "s, plain",
+                            "s, checkpointed", "time overhead"], rows), "",
+            f"Peak at {steps[-1]} steps / peak at {steps[0]} steps: checkpointed **{growth:.2f}x** (target <= 1.5x: "
+            f"**{'met' if growth <= 1.5 else 'not met'}**), plain {res['growth_plain']:.2f}x.", ""]
+
+
+def steps(r) -> list[str]:
+    res = r["results"]
+    rows = [[row["scheduler"], row["steps"], row["first_timestep"], f"{100 * row['clean_accuracy']:.1f}",
+             f"{100 * row['robust_all']:.1f}", f"{100 * row['robust_majority']:.1f}", f"{row['seconds']:.0f}"]
+            for row in res["rows"]]
+    s = r["settings"]
+    return ["## 3. Steps against robustness", "", *_header(r),
+            f"Latent guidance (scale {s['guidance_scale']}), t* = {s['strength']}; clean accuracy on "
+            f"{s['clean_images']} test images; robust accuracy under exact PGD-{s['pgd_steps']} (EOT "
+            f"{s['eot_samples']}, {s['norm']} {s['eps']}) on {s['num_images']}, scored over K = {s['rescore_runs']} "
+            f"runs; seed {s['seed']}.", "",
+            markdown_table(["scheduler", "UNet evaluations / image", "first timestep", "clean %", "robust % (all K)",
+                            "robust % (majority)", "seconds"], rows), "",
+            f"Fewest DDIM steps within 1 point of the full chain's robust accuracy: "
+            f"**{res['fewest_ddim_steps_within_1_point']}**.", ""]
+
+
+def table(r) -> list[str]:
+    lines = ["## 4. The robustness table", "", *_header(r)]
+    for key, entry in r["results"].items():
+        norm, attack = key.split("/")
+        results = entry["results"]
+        rows = []
+        for defense, by_attack in results.items():
+            clean, robust = by_attack["clean"], by_attack[attack]
+            rows.append([defense, f"{100 * clean['all']['mean']:.1f} ± {100 * clean['all']['std']:.1f}",
+                         f"{100 * robust['all']['mean']:.1f} ± {100 * robust['all']['std']:.1f}",
+                         f"{100 * robust['majority']['mean']:.1f} ± {100 * robust['majority']['std']:.1f}"])
+        failed = [c for c in entry["sanity"] if c["passed"] is False]
+        lines += [f"### {norm}, {attack} ({entry['images']} images; full report: `{entry['report']}`)", "",
+                  markdown_table(["defense", "clean % (all K)", "robust % (all K)", "robust % (majority of K)"],
+                                 rows), "",
+                  "Sanity checks: " + ("all passed or skipped" if not failed else
+                                       "**FAILED: " + "; ".join(c["name"] for c in failed) + "**"), ""]
+    return lines
+
+
+def main():
+    parts = ["# Benchmark results", "",
+             "The last measured numbers, rendered from `benchmarks/results/*.json` by "
+             "`python benchmarks/write_results_md.py`; each section names the command that produced it.", ""]
+    for name, render in (("purification_throughput", throughput), ("attack_memory", memory),
+                         ("steps_vs_robustness", steps), ("robustness_table", table)):
+        r = _load(name)
+        parts += render(r) if r else [f"## {name}", "", "Not measured yet.", ""]
+    extra = Path(__file__).resolve().parent / "NOTES.md"
+    if extra.is_file():
+        parts += [extra.read_text()]
+    OUT.write_text("\n".join(parts))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
