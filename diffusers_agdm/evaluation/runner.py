@@ -332,7 +332,7 @@ class _Evaluation:
 
     def units(self) -> list[Unit]:
         jobs, size = self.all_jobs(), self.config.batch_size
-        # Chunk-major order, so that splitting the list between processes splits the images.
+        # Chunk-major order: the first images of every job come first.
         units = [Unit(job, start, min(start + size, job.num_images))
                  for start in range(0, self.num_images, size) for job in jobs if start < job.num_images]
         if self.config.gradient_check:
@@ -648,13 +648,14 @@ def evaluate(
             raise ValueError(f"{attack} needs at least {autoattack_min_classes(attack.split('-', 1)[1])} classes; "
                              f"the classifier has {run.num_classes}.")
 
-    units = run.units()
+    # Dealt out in turn rather than in contiguous halves: the costly sanity jobs all sit in the first chunk, and a
+    # contiguous split gave them all to one process. Which process runs a unit never changes its numbers.
+    my_units = run.units()[state.process_index::state.num_processes]
     outputs = []
-    with state.split_between_processes(units) as my_units:
-        bar = tqdm(my_units, desc="agdm evaluate", disable=not (state.is_main_process and config.show_progress_bar))
-        for unit in bar:
-            bar.set_postfix_str(unit.job.describe() if unit.job else f"{unit.defense}/gradient check", refresh=False)
-            outputs.append(run.run_unit(unit))
+    bar = tqdm(my_units, desc="agdm evaluate", disable=not (state.is_main_process and config.show_progress_bar))
+    for unit in bar:
+        bar.set_postfix_str(unit.job.describe() if unit.job else f"{unit.defense}/gradient check", refresh=False)
+        outputs.append(run.run_unit(unit))
     if state.num_processes > 1:
         from accelerate.utils import gather_object
 
