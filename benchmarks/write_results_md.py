@@ -26,15 +26,20 @@ def _header(r) -> list[str]:
 
 
 def throughput(r) -> list[str]:
-    s, res = r["settings"], r["results"]
-    rows = [[mode, f"{v['images_per_s']:.1f}", f"{v['median_s_per_batch']:.3f}", f"{v['ratio_to_unguided']:.2f}x"]
-            for mode, v in res.items()]
-    ratio = res["latent"]["ratio_to_unguided"]
-    return ["## 1. Purification throughput", "", *_header(r),
-            f"t* = {s['strength']}, {s['num_inference_steps']} DDIM steps, batch {s['batch_size']}, median of "
-            f"{s['repeats']} interleaved repeats, latent scale {s['guidance_scale']}.", "",
-            markdown_table(["guidance", "images / s", "s / batch", "time vs unguided"], rows), "",
-            f"Target latent / unguided <= 1.25x: **{'met' if ratio <= 1.25 else 'not met'}** ({ratio:.2f}x).", ""]
+    lines = ["## 1. Purification throughput", "", *_header(r)]
+    for name, res in r["results"].items():
+        modes, params = res["modes"], res["parameters"]
+        rows = [[mode, f"{v['images_per_s']:.2f}", f"{v['median_s_per_batch']:.3f}", f"{v['ratio_to_unguided']:.2f}x"]
+                for mode, v in modes.items()]
+        ratio = modes["latent"]["ratio_to_unguided"]
+        lines += [f"### {name}", "",
+                  f"UNet {params['unet'] / 1e6:.2f}M and guidance network {params['guidance'] / 1e6:.2f}M parameters; "
+                  f"t* = {res['strength']}, {res['num_inference_steps']} DDIM steps, batch {res['batch_size']}, median "
+                  f"of {res['repeats']} interleaved repeats, latent scale {res['guidance_scale']}.", "",
+                  markdown_table(["guidance", "images / s", "s / batch", "time vs unguided"], rows), "",
+                  f"Target latent / unguided <= 1.25x: **{'met' if ratio <= 1.25 else 'not met'}** ({ratio:.2f}x).",
+                  ""]
+    return lines
 
 
 def memory(r) -> list[str]:
@@ -83,7 +88,9 @@ def table(r) -> list[str]:
                          f"{100 * robust['all']['mean']:.1f} ± {100 * robust['all']['std']:.1f}",
                          f"{100 * robust['majority']['mean']:.1f} ± {100 * robust['majority']['std']:.1f}"])
         failed = [c for c in entry["sanity"] if c["passed"] is False]
-        lines += [f"### {norm}, {attack} ({entry['images']} images; full report: `{entry['report']}`)", "",
+        lines += [f"### {norm}, {attack} ({entry['images']} images; full report: `{entry['report']}`)", ""]
+        # Each run's own command and time: a run read back from an earlier report was not made by this command.
+        lines += [f"Run by `{entry['command']}` in {entry['wall_time_s'] / 60:.1f} min.", "",
                   markdown_table(["defense", "clean % (all K)", "robust % (all K)", "robust % (majority of K)"],
                                  rows), "",
                   "Sanity checks: " + ("all passed or skipped" if not failed else

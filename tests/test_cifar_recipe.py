@@ -13,28 +13,15 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, CifarResNet, GuidanceModel, load_pyautoattack_resnet18
 from diffusers_agdm.data import load_labelled_images
 from diffusers_agdm.loading import load_diffusion_source
+from diffusers_agdm.models.public_configs import DDPM_CIFAR10_SCHEDULER, DDPM_CIFAR10_UNET, init_kwargs
 from dummies import put_in_hub_cache, repo_files
-
-# google/ddpm-cifar10-32's config.json and scheduler_config.json (flat repo layout, DDPMPipeline).
-DDPM_CIFAR10_UNET = {
-    "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None,
-    "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"], "downsample_padding": 0,
-    "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2, "mid_block_scale_factor": 1,
-    "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
-    "time_embedding_type": "positional",
-    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-}
-DDPM_CIFAR10_SCHEDULER = {"_class_name": "DDPMScheduler", "beta_end": 0.02, "beta_schedule": "linear",
-                          "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000,
-                          "trained_betas": None, "variance_type": "fixed_small"}
 
 
 @pytest.fixture(scope="module")
 def cifar_repo(tmp_path_factory, hub_cache):
     folder = tmp_path_factory.mktemp("ddpm-cifar10-32")
     torch.manual_seed(0)
-    unet = UNet2DModel(**{k: v for k, v in DDPM_CIFAR10_UNET.items() if not k.startswith("_")})
+    unet = UNet2DModel(**init_kwargs(DDPM_CIFAR10_UNET))
     unet.save_pretrained(folder)  # config.json + diffusion_pytorch_model.safetensors at the root, as on the Hub
     (folder / "scheduler_config.json").write_text(json.dumps(DDPM_CIFAR10_SCHEDULER))
     (folder / "model_index.json").write_text(json.dumps({

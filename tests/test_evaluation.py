@@ -267,3 +267,18 @@ def test_bad_data_raises_clear_errors():
         evaluate(dummy_pipeline(with_classifier=False), data, EvaluationConfig(**TINY))
     with pytest.raises(ValueError, match="Unknown evaluation setting"):
         evaluate(pipe, data, EvaluationConfig(**TINY), epsilon=0.3)
+
+
+def test_units_are_shared_once_each_and_attacks_spread_over_processes():
+    from diffusers_agdm.evaluation.runner import Job, Unit, share_units, unit_cost
+
+    jobs = [Job(d, a, "Linf", 0.3, 0 if a == "clean" else 10, 0.075, 0 if a == "clean" else 1, 64, 0)
+            for d in DEFENSES for a in ("clean", "pgd")]
+    units = [Unit(job, start, start + 32) for start in (0, 32) for job in jobs] + [Unit(None, 0, 1, "latent")]
+    shares = [share_units(units, p, 2) for p in range(2)]
+    assert sorted(map(units.index, shares[0] + shares[1])) == list(range(len(units)))
+    for share in shares:
+        assert share == [u for u in units if u in share]  # kept in run order
+        assert sum(1 for u in share if u.job is not None and u.job.attack == "pgd" and u.job.defense != "undefended") == 3
+    loads = [sum(map(unit_cost, share)) for share in shares]
+    assert max(loads) <= 1.1 * min(loads)

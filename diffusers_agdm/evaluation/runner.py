@@ -194,6 +194,31 @@ class Unit:
     defense: str = ""
 
 
+def unit_cost(unit: Unit) -> float:
+    """A rough relative cost of a unit, for sharing them between processes: attack gradients through the reverse
+    process dominate; the undefended classifier and the tiny float64 gradient check are almost free."""
+    if unit.job is None:
+        return 1.0
+    job = unit.job
+    passes = 1 + (0 if job.attack == "clean" else max(1, job.steps) * max(1, job.eot_samples))
+    if job.attack.startswith("autoattack"):
+        passes *= 2  # APGD-CE then APGD-DLR (or the T targets and Square of "standard")
+    return (unit.end - unit.start) * passes * (0.05 if job.defense == "undefended" else 1.0)
+
+
+def share_units(units: list[Unit], process_index: int, num_processes: int) -> list[Unit]:
+    """This process's units: each unit, costliest first, goes to the least loaded process (the same deterministic
+    split on every process). Dealing in turn gave one process every clean job and the other every attack; which
+    process runs a unit never changes its numbers."""
+    load, mine = [0.0] * num_processes, set()
+    for index in sorted(range(len(units)), key=lambda i: (-unit_cost(units[i]), i)):
+        process = min(range(num_processes), key=lambda p: (load[p], p))
+        load[process] += unit_cost(units[index])
+        if process == process_index:
+            mine.add(index)
+    return [unit for i, unit in enumerate(units) if i in mine]  # in run order: first images of every job first
+
+
 @dataclass
 class EvaluationResult:
     """What [`evaluate`] measured: `report` is exactly `results.json`; `examples` feeds `examples_grid.png`."""
@@ -648,9 +673,7 @@ def evaluate(
             raise ValueError(f"{attack} needs at least {autoattack_min_classes(attack.split('-', 1)[1])} classes; "
                              f"the classifier has {run.num_classes}.")
 
-    # Dealt out in turn rather than in contiguous halves: the costly sanity jobs all sit in the first chunk, and a
-    # contiguous split gave them all to one process. Which process runs a unit never changes its numbers.
-    my_units = run.units()[state.process_index::state.num_processes]
+    my_units = share_units(run.units(), state.process_index, state.num_processes)
     outputs = []
     bar = tqdm(my_units, desc="agdm evaluate", disable=not (state.is_main_process and config.show_progress_bar))
     for unit in bar:
