@@ -7,26 +7,28 @@ on two processes:
         --dynamo_backend no benchmarks/robustness_table.py
 
 Each (threat model, attack) is one `evaluate` run (same images, seeds and budgets for the four defenses); its full
-report (results.json, results.md, plots) goes to outputs/robustness_table/<norm>-<attack>/, and the combined numbers
-to benchmarks/results/robustness_table.json. A run whose results.json already holds exactly the same settings, data
-and pipeline config is read back instead of recomputed (`--no-reuse` recomputes everything): the Linf PGD run is the
-embedded default's card evaluation, made with the `agdm evaluate` command its card records.
+report (results.json, results.md, plots) goes to outputs/robustness_table/<norm>-<attack>/, the combined numbers
+to benchmarks/results/robustness_table.json, and each PGD run's image grid to
+benchmarks/results/robustness_examples_<norm>.png. A run whose results.json already holds exactly the same
+settings, data and defenses is read back instead of recomputed (`--no-reuse` recomputes everything): the Linf
+PGD run is the embedded default's card evaluation, made with the `agdm evaluate` command its card records.
 """
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load, markdown_table, write_results  # noqa: E402
+from common import RESULTS_DIR, load, markdown_table, write_results  # noqa: E402
 
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 from diffusers_agdm.evaluation import EvaluationConfig, SanityCheckError, evaluate  # noqa: E402
 from diffusers_agdm.evaluation.defenses import defense_specs  # noqa: E402
-from diffusers_agdm.evaluation.sanity import SanityCheck  # noqa: E402
+from diffusers_agdm.evaluation.runner import partial_state  # noqa: E402
 
 THREATS = {"Linf": 0.3, "L2": 2.0}
 # Presentation-only settings: a stored report that differs only in these still holds the same numbers.
@@ -76,26 +78,31 @@ def main(argv=None):
     parser.add_argument("--pgd_steps", type=int, default=10)
     parser.add_argument("--eot_samples", type=int, default=1)
     parser.add_argument("--rescore_runs", type=int, default=3)
-    parser.add_argument("--autoattack_images", type=int, default=32,
-                        help="AutoAttack-rand runs on the first N images only (0: skip); it costs ~10x PGD")
+    parser.add_argument("--autoattack_images", type=int, default=16,
+                        help="AutoAttack-rand runs on the first N images only (0: skip); per image it costs several "
+                             "times the PGD run (APGD-CE and APGD-DLR, steps x eot_iter gradients each)")
     parser.add_argument("--autoattack_steps", type=int, default=10)
-    parser.add_argument("--autoattack_eot_iter", type=int, default=2)
-    parser.add_argument("--sanity_images", type=int, default=8)
+    parser.add_argument("--autoattack_eot_iter", type=int, default=1)
+    parser.add_argument("--sanity_images", type=int, nargs="+", default=[8, 4],
+                        help="images of the costly sanity checks in each PGD run, one value per --norms entry (or one "
+                             "for all)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
                         help="read back a run whose results.json has exactly these settings")
     parser.add_argument("--output_dir", default="outputs/robustness_table")
     args = parser.parse_args(argv)
-    if len(args.num_images) not in (1, len(args.norms)):
-        parser.error(f"--num_images takes one value or one per norm ({len(args.norms)}), got {len(args.num_images)}")
-    pgd_images = dict(zip(args.norms, args.num_images * len(args.norms) if len(args.num_images) == 1
-                          else args.num_images))
+    per_norm = {}
+    for name in ("num_images", "sanity_images"):
+        values = getattr(args, name)
+        if len(values) not in (1, len(args.norms)):
+            parser.error(f"--{name} takes one value or one per norm ({len(args.norms)}), got {len(values)}")
+        per_norm[name] = dict(zip(args.norms, values * len(args.norms) if len(values) == 1 else values))
     started = time.time()
     pipe = load(args.pipeline)
     data = load_labelled_images("mnist", "test")
     numbers, rows = {}, []
     for norm in args.norms:
-        runs = [("pgd", data.subset(0, pgd_images[norm]), args.sanity_images)]
+        runs = [("pgd", data.subset(0, per_norm["num_images"][norm]), per_norm["sanity_images"][norm])]
         if args.autoattack_images:
             runs.append(("autoattack-rand", data.subset(0, args.autoattack_images), 0))
         for attack, subset, sanity in runs:
@@ -108,7 +115,8 @@ def main(argv=None):
                 batch_size=args.batch_size, sanity_images=sanity, gradient_check=attack == "pgd",
                 allow_failed_sanity=True, **budget)
             out = Path(args.output_dir) / f"{norm.lower()}-{attack}"
-            report = _stored_report(out / "results.json", config, len(subset), _defenses(pipe, config)) if args.reuse else None
+            report = (_stored_report(out / "results.json", config, len(subset), _defenses(pipe, config))
+                      if args.reuse else None)
             if report is None:
                 try:
                     result = evaluate(pipe, subset, config, output_dir=out,
@@ -116,9 +124,8 @@ def main(argv=None):
                 except SanityCheckError as err:  # allow_failed_sanity keeps going; recorded below either way
                     result = err.result
                 report = result.report
-            checks = [SanityCheck(**c).to_dict() for c in report["sanity_checks"]]
             numbers[f"{norm}/{attack}"] = {"report": str(out / "results.json"), "results": report["results"],
-                                           "sanity": checks, "sanity_passed": report["sanity_passed"],
+                                           "sanity": report["sanity_checks"], "sanity_passed": report["sanity_passed"],
                                            "images": len(subset), "wall_time_s": report["run"]["wall_time_s"],
                                            "command": report["run"]["command"]}
             for defense, by_attack in report["results"].items():
@@ -127,9 +134,12 @@ def main(argv=None):
                              f"{100 * clean['all']['mean']:.1f} ± {100 * clean['all']['std']:.1f}",
                              f"{100 * robust['all']['mean']:.1f} ± {100 * robust['all']['std']:.1f}",
                              f"{100 * robust['majority']['mean']:.1f} ± {100 * robust['majority']['std']:.1f}"])
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if partial_state().is_main_process:
+        for norm in args.norms:  # one picture per threat model beside the committed numbers, for the README
+            grid = Path(args.output_dir) / f"{norm.lower()}-pgd" / "examples_grid.png"
+            if grid.is_file():
+                RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(grid, RESULTS_DIR / f"robustness_examples_{norm.lower()}.png")
         print("\n" + markdown_table(["norm", "attack", "images", "defense", "clean % (all K)", "robust % (all K)",
                                      "robust % (majority of K)"], rows))
         write_results("robustness_table", {**vars(args), "pixel_guidance_scale": pipe.config.pixel_guidance_scale},

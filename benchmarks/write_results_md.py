@@ -1,4 +1,5 @@
-"""Render benchmarks/RESULTS.md from benchmarks/results/*.json, so the two always agree.
+"""Render benchmarks/RESULTS.md, and the robustness table of the README, from benchmarks/results/*.json, so they
+always agree.
 
     python benchmarks/write_results_md.py
 """
@@ -98,6 +99,45 @@ def table(r) -> list[str]:
     return lines
 
 
+DEFENSE_NAMES = {"undefended": "undefended classifier", "none": "unguided purification (DiffPure-style)",
+                 "pixel": "pixel guidance (GDMP-style)", "latent": "latent guidance (AGDM)"}
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_START, README_END = "<!-- robustness-table:start -->", "<!-- robustness-table:end -->"
+
+
+def readme_table(r) -> str:
+    """The robustness table in one block for the README: a column per (threat model, attack), robust accuracy
+    correct in all K runs, mean ± std over seeds; clean accuracy from the first run."""
+    runs = list(r["results"].items())
+    attack_names = {"pgd": "PGD-EOT", "autoattack-rand": "AA-rand"}
+    columns = [f"{key.split('/')[0]} {attack_names.get(key.split('/')[1], key.split('/')[1])} ({entry['images']} img)"
+               for key, entry in runs]
+    first = runs[0][1]["results"]
+    rows = []
+    for defense in first:
+        clean = first[defense]["clean"]["all"]
+        cells = [f"{100 * clean['mean']:.1f}"]
+        for key, entry in runs:
+            robust = entry["results"][defense][key.split("/")[1]]["all"]
+            cells.append(f"{100 * robust['mean']:.1f} ± {100 * robust['std']:.1f}")
+        rows.append([DEFENSE_NAMES.get(defense, defense), *cells])
+    seeds = r["settings"]["seeds"]
+    return (markdown_table(["defense", "clean %", *[c + " %" for c in columns]], rows) + "\n\n"
+            f"Robust accuracy counts an image only if all K = {r['settings']['rescore_runs']} fresh runs of the "
+            f"defense classify its adversarial example correctly; mean ± std over seeds {seeds}. Budgets, sanity checks and "
+            f"commands: [benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
+
+
+def update_readme(r) -> None:
+    text = README.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    README.write_text(f"{head}{README_START}\n{readme_table(r)}\n{README_END}{tail}")
+    print(f"updated the robustness table in {README}")
+
+
 def main():
     parts = ["# Benchmark results", "",
              "The last measured numbers, rendered from `benchmarks/results/*.json` by "
@@ -111,6 +151,8 @@ def main():
         parts += [extra.read_text()]
     OUT.write_text("\n".join(parts))
     print(f"wrote {OUT}")
+    if _load("robustness_table"):
+        update_readme(_load("robustness_table"))
 
 
 if __name__ == "__main__":

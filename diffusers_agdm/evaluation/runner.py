@@ -17,7 +17,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import torch
@@ -252,12 +252,17 @@ def derive_seed(*parts) -> int:
     return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
 
 
+# The processes meet once, to gather the results; one may wait there for hours while the other finishes its share
+# of a CPU evaluation, and the default 30-minute collective timeout would then throw the whole run away.
+GATHER_TIMEOUT = timedelta(hours=48)
+
+
 def partial_state(cpu: bool = False):
     """accelerate's process state. On a machine without CUDA, a multi-process launch is a MULTI_CPU (gloo) run, which
     accelerate only sets up when told `cpu=True`."""
     from accelerate import PartialState
 
-    return PartialState(cpu=cpu or needs_cpu_process_group())
+    return PartialState(cpu=cpu or needs_cpu_process_group(), timeout=GATHER_TIMEOUT)
 
 
 def _stats(values: list[float]) -> dict:
