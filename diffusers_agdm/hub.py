@@ -52,13 +52,14 @@ def _eval_results(results: list[dict] | None, dataset: str | None) -> list[EvalR
 
 
 def make_model_card(pipeline, repo_id: str = "your-name/agdm-pipeline", *, description: str = "",
-                    results: list[dict] | None = None, training: str = "", limitations: str = "",
-                    dataset: str | None = None, base_model: str | None = None) -> ModelCard:
+                    results: list[dict] | None = None, results_details: str = "", training: str = "",
+                    limitations: str = "", dataset: str | None = None, base_model: str | None = None) -> ModelCard:
     """
     Fill the project's model card template for `pipeline` (or for a single component model).
 
     `results` is a list of dicts with `defense`, `attack`, `clean_accuracy` and `robust_accuracy` (fractions),
-    which also become the card's model-index metadata; `training` is markdown with the command that made it.
+    which also become the card's model-index metadata; `results_details` is markdown placed under their table (the
+    budgets, sanity checks and commands); `training` is markdown with the command that made it.
     """
     card_data = ModelCardData(library_name="diffusers", license="apache-2.0", base_model=base_model,
                               model_name=repo_id, eval_results=_eval_results(results, dataset),
@@ -72,7 +73,8 @@ def make_model_card(pipeline, repo_id: str = "your-name/agdm-pipeline", *, descr
     return ModelCard.from_template(
         card_data, template_path=str(MODEL_CARD_TEMPLATE), title=repo_id.split("/")[-1], repo_id=repo_id,
         description=description, components_table=_components_table(pipeline),
-        purification_config=json.dumps(purification, indent=2), results=_results_markdown(results),
+        purification_config=json.dumps(purification, indent=2),
+        results=_results_markdown(results) + (f"\n\n{results_details}" if results_details else ""),
         training=training or "Not recorded.", limitations=limitations)
 
 

@@ -53,7 +53,8 @@ def evaluation_summary(path: Path):
     settings = report["settings"]
     threat = settings["threat_model"]
     attacks = settings["attacks"]
-    results = [{"defense": defense, "attack": f"{attack} {threat['norm']} eps={threat['eps']:g}",
+    where = f"{report['data']['name']}, {report['data']['num_images']} images"
+    results = [{"defense": defense, "attack": f"{attack} {threat['norm']} eps={threat['eps']:g} ({where})",
                 "clean_accuracy": round(by_attack["clean"]["all"]["mean"], 4),
                 "robust_accuracy": round(by_attack[attack]["all"]["mean"], 4)}
                for defense, by_attack in report["results"].items() for attack in attacks]
@@ -115,10 +116,8 @@ def main(argv=None):
                    "Lee & Kim's PGD-200 x EOT-20 or the full AutoAttack would likely lower them.\n"
                    f"- The pipeline weighs {size / 2**20:.1f} MiB of safetensors.")
     card = make_model_card(pipe, f"diffusers-agdm/{DEFAULT_PIPELINE_NAME}", description=description,
-                           results=results, training="\n".join(training), limitations=limitations,
-                           dataset="mnist")
-    card.text = card.text.replace("No robustness results have been recorded for this checkpoint yet.",
-                                  "\n".join(sections))
+                           results=results, results_details="\n".join(sections), training="\n".join(training),
+                           limitations=limitations, dataset="mnist")
     card.save(TARGET / "README.md")
     print(f"packaged {TARGET} ({size / 2**20:.2f} MiB) with its model card")
 
