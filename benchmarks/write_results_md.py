@@ -122,10 +122,15 @@ def readme_table(r) -> str:
             cells.append(f"{100 * robust['mean']:.1f} ± {100 * robust['std']:.1f}")
         rows.append([DEFENSE_NAMES.get(defense, defense), *cells])
     seeds = r["settings"]["seeds"]
+    failed = {key: [c["name"] for c in entry["sanity"] if c["passed"] is False] for key, entry in runs}
+    failed_note = "".join(f" **{key}: sanity check failed ({'; '.join(names)}); treat it as an upper bound.**"
+                          for key, names in failed.items() if names)
     return (markdown_table(["defense", "clean %", *[c + " %" for c in columns]], rows) + "\n\n"
             f"Robust accuracy counts an image only if all K = {r['settings']['rescore_runs']} fresh runs of the "
-            f"defense classify its adversarial example correctly; mean ± std over seeds {seeds}. Budgets, sanity checks and "
-            f"commands: [benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
+            f"defense classify its adversarial example correctly; mean ± std over seeds {seeds}. Clean accuracy is "
+            f"from the first column's images; each column attacks the first N test images it names, so columns with "
+            f"different N are not directly comparable.{failed_note} Budgets, sanity checks, shortfalls and commands: "
+            f"[benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
 
 
 def update_readme(r) -> None:
