@@ -27,26 +27,21 @@ from common import RESULTS_DIR, load, markdown_table, write_results  # noqa: E40
 
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 from diffusers_agdm.evaluation import EvaluationConfig, SanityCheckError, evaluate  # noqa: E402
-from diffusers_agdm.evaluation.defenses import defense_specs  # noqa: E402
-from diffusers_agdm.evaluation.runner import partial_state  # noqa: E402
+from diffusers_agdm.evaluation.runner import config_defense_specs, partial_state  # noqa: E402
 
 THREATS = {"Linf": 0.3, "L2": 2.0}
 # Presentation-only settings: a stored report that differs only in these still holds the same numbers.
 _PRESENTATION = ("show_progress_bar", "allow_failed_sanity", "num_examples")
 
 
-def _comparable(config: EvaluationConfig) -> dict:
-    settings = json.loads(json.dumps(asdict(config)))
-    return {k: v for k, v in settings.items() if k not in _PRESENTATION}
+def _comparable(settings: dict) -> dict:
+    """An EvaluationConfig as results.json stores it, without its presentation-only settings."""
+    return {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in _PRESENTATION}
 
 
 def _defenses(pipe, config: EvaluationConfig) -> dict:
     """Each defense's settings resolved against the pipeline, as `evaluate` records them in results.json."""
-    overrides = {k: getattr(config, k) for k in ("strength", "num_inference_steps", "guidance_scale",
-                                                 "pixel_guidance_scale", "feature_weight", "class_guidance",
-                                                 "guidance_target")}
-    return json.loads(json.dumps({spec.name: spec.describe(pipe)
-                                  for spec in defense_specs(pipe, config.defenses, **overrides)}))
+    return json.loads(json.dumps({spec.name: spec.describe(pipe) for spec in config_defense_specs(pipe, config)}))
 
 
 def _stored_report(path: Path, config: EvaluationConfig, num_images: int, defenses: dict) -> dict | None:
@@ -54,8 +49,7 @@ def _stored_report(path: Path, config: EvaluationConfig, num_images: int, defens
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    stored = {k: v for k, v in report["settings"]["config"].items() if k not in _PRESENTATION}
-    wanted = _comparable(config)
+    stored, wanted = _comparable(report["settings"]["config"]), _comparable(asdict(config))
     differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     if report["data"]["num_images"] != num_images:
         differ.append(f"num_images ({report['data']['num_images']} != {num_images})")

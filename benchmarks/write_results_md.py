@@ -147,17 +147,19 @@ def main():
     parts = ["# Benchmark results", "",
              "The last measured numbers, rendered from `benchmarks/results/*.json` by "
              "`python benchmarks/write_results_md.py`; each section names the command that produced it.", ""]
-    for name, render in (("purification_throughput", throughput), ("attack_memory", memory),
-                         ("steps_vs_robustness", steps), ("robustness_table", table)):
-        r = _load(name)
+    sections = (("purification_throughput", throughput), ("attack_memory", memory),
+                ("steps_vs_robustness", steps), ("robustness_table", table))
+    loaded = {name: _load(name) for name, _ in sections}
+    for name, render in sections:
+        r = loaded[name]
         parts += render(r) if r else [f"## {name}", "", "Not measured yet.", ""]
     extra = Path(__file__).resolve().parent / "NOTES.md"
     if extra.is_file():
         parts += [extra.read_text()]
     OUT.write_text("\n".join(parts))
     print(f"wrote {OUT}")
-    if _load("robustness_table"):
-        update_readme(_load("robustness_table"))
+    if loaded["robustness_table"]:
+        update_readme(loaded["robustness_table"])
 
 
 if __name__ == "__main__":

@@ -210,10 +210,11 @@ def share_units(units: list[Unit], process_index: int, num_processes: int) -> li
     """This process's units: each unit, costliest first, goes to the least loaded process (the same deterministic
     split on every process). Dealing in turn gave one process every clean job and the other every attack; which
     process runs a unit never changes its numbers."""
+    costs = [unit_cost(unit) for unit in units]
     load, mine = [0.0] * num_processes, set()
-    for index in sorted(range(len(units)), key=lambda i: (-unit_cost(units[i]), i)):
+    for index in sorted(range(len(units)), key=lambda i: (-costs[i], i)):
         process = min(range(num_processes), key=lambda p: (load[p], p))
-        load[process] += unit_cost(units[index])
+        load[process] += costs[index]
         if process == process_index:
             mine.add(index)
     return [unit for i, unit in enumerate(units) if i in mine]  # in run order: first images of every job first
@@ -290,6 +291,15 @@ def _package_versions() -> dict:
     return versions
 
 
+def config_defense_specs(pipeline, config: EvaluationConfig, names=None) -> list[DefenseSpec]:
+    """The defenses `names` (default: `config.defenses`) with the purification overrides of `config`."""
+    return defense_specs(
+        pipeline, config.defenses if names is None else names, strength=config.strength,
+        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+        pixel_guidance_scale=config.pixel_guidance_scale, feature_weight=config.feature_weight,
+        class_guidance=config.class_guidance, guidance_target=config.guidance_target)
+
+
 class _Evaluation:
     """The state of one `evaluate` call: builds the work, runs this process's share, assembles the report."""
 
@@ -297,12 +307,8 @@ class _Evaluation:
         self.pipeline, self.data, self.config, self.state = pipeline, data, config, state
         self.device = state.device
         self.num_images = len(data)
-        self.specs = {spec.name: spec for spec in defense_specs(
-            pipeline, DEFENSES if "undefended" in config.defenses else ("undefended",) + tuple(config.defenses),
-            strength=config.strength, num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale, pixel_guidance_scale=config.pixel_guidance_scale,
-            feature_weight=config.feature_weight, class_guidance=config.class_guidance,
-            guidance_target=config.guidance_target)}
+        names = DEFENSES if "undefended" in config.defenses else ("undefended",) + tuple(config.defenses)
+        self.specs = {spec.name: spec for spec in config_defense_specs(pipeline, config, names)}
         self.defenses = list(dict.fromkeys(config.defenses))
         self.purifying = [d for d in self.defenses if self.specs[d].purifies]
         with torch.no_grad():
