@@ -1,33 +1,45 @@
 """
 Adaptive attacks on purification defenses.
 
-- [`pgd`]: PGD with EOT (Linf, L2; CE or margin loss). Given `pipe.defended_classifier(...)` its gradient is exact:
-  through the forward noising, every reverse step, the guidance gradient (second order through the guidance network)
-  and the classifier.
+- [`apgd`]: APGD-EOT with restarts (Linf, L2), the default attack: adaptive step size, momentum, the worst iterate
+  over all iterations and restarts. Given `pipe.defended_classifier(...)` its gradient is exact: through the forward
+  noising, every reverse step, the guidance gradient (second order through the guidance network) and the classifier.
+- [`pgd`]: plain PGD-EOT, for comparison with the literature.
+- [`per_image_loss`]: cross-entropy (in a form whose gradient never vanishes), margin (CW) and DLR.
+- [`AttackObjective`]: the EOT-averaged loss, optionally plus a term on the guidance network's own class prediction
+  (`guidance_weight`), the adaptive attack on AGDM's parts.
 - [`BPDAClassifier`], [`surrogate_defense`]: the cheaper gradient models (identity backward; fewer reverse steps) for
-  comparison; attack them with [`pgd`] and score on the real defense.
-- [`autoattack`]: AutoAttack 'rand' / 'standard' through torchattacks 3.5.1.
-- [`rescore`]: re-run a stochastic defense K times on the adversarial images; "all K correct" and "majority of K".
+  comparison; attack them and score on the real defense.
+- [`autoattack`]: AutoAttack 'rand' (ours, on [`apgd`]; never returns a clean input for an unflipped point) and
+  'standard' (torchattacks 3.5.1).
+- [`rescore`]: re-run a stochastic defense K times on the images; "all K correct", "majority of K", one run.
 """
 
-from .autoattack import AUTOATTACK_VERSIONS, autoattack
-from .pgd import (LOSSES, NORMS, ascent_direction, attack_loss, check_budget, default_step_size, eot_gradient, pgd,
-                  project)
+from .apgd import apgd, checkpoints
+from .autoattack import AUTOATTACK_VERSIONS, autoattack, autoattack_rand
+from .losses import LOSSES, attack_loss, per_image_loss
+from .objective import AttackObjective, guidance_target_logits
+from .pgd import NORMS, ascent_direction, check_budget, default_step_size, eot_gradient, pgd, project
 from .scoring import RescoredPredictions, rescore
 from .surrogates import BPDAClassifier, surrogate_defense
 
 __all__ = [
     "AUTOATTACK_VERSIONS",
+    "AttackObjective",
     "BPDAClassifier",
     "LOSSES",
     "NORMS",
     "RescoredPredictions",
+    "apgd",
     "ascent_direction",
     "attack_loss",
     "autoattack",
-    "check_budget",
+    "autoattack_rand",
+    "checkpoints",
     "default_step_size",
     "eot_gradient",
+    "guidance_target_logits",
+    "per_image_loss",
     "pgd",
     "project",
     "rescore",

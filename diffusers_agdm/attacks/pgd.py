@@ -6,22 +6,25 @@ the whole defense (``pipe.defended_classifier(...)``), a [`BPDAClassifier`] or a
 Robust accuracy is then measured on the real defense by [`rescore`], never by the model the gradient came from.
 """
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .losses import LOSSES, attack_loss
+from .objective import AttackObjective
+
 NORMS = ("Linf", "L2")
-LOSSES = ("ce", "margin")
 
 
 def check_budget(norm: str, eps: float, steps: int = 1, step_size: float | None = None, eot_samples: int = 1,
-                 loss: str = "ce") -> None:
+                 loss: str = "margin", restarts: int = 1) -> None:
     """Raise a `ValueError` naming the problem unless the attack budget makes sense."""
     if norm not in NORMS:
         raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
     if not isinstance(eps, (int, float)) or eps != eps or eps < 0 or eps == float("inf"):
         raise ValueError(f"`eps` must be a finite number >= 0, got {eps!r}.")
-    for name, value in (("steps", steps), ("eot_samples", eot_samples)):
+    for name, value in (("steps", steps), ("eot_samples", eot_samples), ("restarts", restarts)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
     if step_size is not None and (not isinstance(step_size, (int, float)) or not 0 < step_size < float("inf")):
@@ -35,27 +38,11 @@ def default_step_size(eps: float, steps: int) -> float:
     return 2.5 * eps / steps
 
 
-def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> torch.Tensor:
-    """
-    The objective the attacker maximises, summed over the batch (so each image's gradient does not depend on the
-    batch size): ``"ce"`` is the cross-entropy of the true label; ``"margin"`` is Carlini-Wagner's
-    ``max_{j != y} z_j - z_y``, which keeps pushing where the softmax of CE saturates.
-    """
-    if loss == "ce":
-        return F.cross_entropy(logits, labels, reduction="sum")
-    if loss == "margin":
-        true = logits.gather(1, labels[:, None]).squeeze(1)
-        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
-        return (others.max(dim=1).values - true).sum()
-    raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
-
-
-def eot_gradient(model, images: torch.Tensor, labels: torch.Tensor, loss: str = "ce",
+def eot_gradient(model, images: torch.Tensor, labels: torch.Tensor, loss: str = "margin",
                  eot_samples: int = 1) -> torch.Tensor:
     """
     The gradient of the attack loss averaged over `eot_samples` independent calls of a stochastic `model` (each call
-    draws fresh purification noise). Calls run one after the other, not as one replicated batch, so memory stays
-    that of a single call.
+    draws fresh purification noise); see [`AttackObjective`], which this wraps.
 
     Example:
 
@@ -67,17 +54,7 @@ def eot_gradient(model, images: torch.Tensor, labels: torch.Tensor, loss: str = 
     torch.Size([2, 1, 2, 2])
     ```
     """
-    total = torch.zeros_like(images)
-    for _ in range(eot_samples):
-        x = images.detach().requires_grad_(True)
-        with torch.enable_grad():
-            objective = attack_loss(model(x), labels, loss)
-            grad = torch.autograd.grad(objective, x, allow_unused=True)[0] if objective.requires_grad else None
-        if grad is None:
-            raise RuntimeError("The model's output does not depend differentiably on its input, so a gradient attack "
-                               "cannot see it; attack it through a differentiable approximation (BPDAClassifier).")
-        total += grad
-    return total / eot_samples
+    return AttackObjective(model, loss, eot_samples)(images, labels).gradient
 
 
 def _per_image_norm(x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +76,11 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "Linf":
         return grad.sign()
     if norm == "L2":
-        return grad / _per_image_norm(grad).clamp_min(1e-12)
+        # Rescale by the largest entry first: a float32 gradient of 1e-20 has a norm that underflows to 0, and
+        # dividing by a clamped norm would turn an exact direction into a step of ~0 (PGD then never moves).
+        scaled = grad / grad.flatten(1).abs().amax(1).clamp_min(torch.finfo(grad.dtype).tiny).reshape(
+            -1, *([1] * (grad.ndim - 1)))
+        return scaled / _per_image_norm(scaled).clamp_min(torch.finfo(grad.dtype).tiny)
     raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
 
 
@@ -126,16 +107,20 @@ def pgd(
     steps: int = 10,
     step_size: float | None = None,
     eot_samples: int = 1,
+    eot_batch: int | None = None,
     random_start: bool = True,
-    loss: str = "ce",
+    loss: str = "margin",
+    guidance_weight: float = 0.0,
     generator: torch.Generator | None = None,
     show_progress_bar: bool = False,
+    callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     r"""
     Untargeted PGD(-EOT) in the `norm` ball of radius `eps` around `images` (in [0, 1]). Each step follows the
-    gradient of `loss` averaged over `eot_samples` calls of `model` ([`eot_gradient`]): its sign in Linf, its
+    gradient of `loss` averaged over `eot_samples` calls of `model` ([`AttackObjective`]): its sign in Linf, its
     direction in L2; then it projects back onto the ball and onto [0, 1] (clamping after the projection never leaves
-    the ball, because it only shortens each coordinate of the perturbation).
+    the ball, because it only shortens each coordinate of the perturbation). [`apgd`] is the stronger attack (step
+    size that adapts, restarts, the worst iterate kept); PGD stays for comparison with the literature.
 
     Args:
         model: Maps [0, 1] images to logits; differentiated with `torch.autograd.grad`. For an exact attack on a
@@ -144,11 +129,13 @@ def pgd(
         eps (`float`): The budget in [0, 1] pixel units (MNIST customary: Linf 0.3, L2 2.0).
         norm (`str`): `"Linf"` or `"L2"`.
         steps (`int`), step_size (`float`, *optional*, defaults to `2.5 * eps / steps`): Iterations and their size.
-        eot_samples (`int`): Model calls averaged per step.
+        eot_samples (`int`), eot_batch (`int`, *optional*): Model calls averaged per step, and how many share a batch.
         random_start (`bool`): Start from a random point of the ball instead of the clean image.
-        loss (`str`): `"ce"` or `"margin"`.
+        loss (`str`): `"ce"`, `"margin"` or `"dlr"`.
+        guidance_weight (`float`): Weight of the guidance-target term (see [`AttackObjective`]).
         generator (`torch.Generator`, *optional*): CPU generator for the random start.
         show_progress_bar (`bool`): A progress bar over the steps.
+        callback (`Callable[[int], None]`, *optional*): Called with 1 after every step (progress reporting).
 
     Returns:
         `torch.Tensor`: the adversarial images of the last iterate, detached.
@@ -172,10 +159,13 @@ def pgd(
     images = images.detach()
     if eps == 0:
         return images.clone()
+    objective = AttackObjective(model, loss, eot_samples, eot_batch, guidance_weight)
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     delta = random_perturbation(images, norm, eps, generator) if random_start else torch.zeros_like(images)
     x_adv = (images + delta).clamp(0, 1)
     for _ in tqdm(range(steps), desc="PGD", leave=False, disable=not show_progress_bar):
-        step = step_size * ascent_direction(eot_gradient(model, x_adv, labels, loss, eot_samples), norm)
+        step = step_size * ascent_direction(objective(x_adv, labels).gradient, norm)
         x_adv = (images + project(x_adv + step - images, norm, eps)).clamp(0, 1).detach()
+        if callback is not None:
+            callback(1)
     return x_adv

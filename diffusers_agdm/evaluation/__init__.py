@@ -1,34 +1,51 @@
 """
 Robustness evaluation of purification defenses: [`evaluate`] (and `agdm evaluate`) compares the undefended classifier,
-unguided purification, pixel guidance and latent guidance under exact-gradient PGD-EOT, the BPDA and surrogate
-baselines and AutoAttack, with randomness-aware scoring, sanity checks, JSON / markdown reports and plots.
+unguided purification, pixel guidance and latent guidance under exact-gradient APGD-EOT (with restarts and a
+guidance-target variant), PGD, the BPDA and surrogate baselines and AutoAttack, with clean-and-robust scoring over K
+defense runs, convergence and sanity checks, JSON / markdown reports and plots, and resumable runs.
 """
 
+from .aggregation import Aggregate, Records, wilson_interval
+from .checks import sanity_checks
+from .config import ATTACK_TITLES, ATTACKS, CONVERGENCE_AXES, SCORES, EvaluationConfig
 from .defenses import DEFENSE_TITLES, DEFENSES, DefenseSpec, UndefendedClassifier, defense_specs
+from .planning import EvaluationPlan, Job, Unit, share_units, unit_cost
 from .report import markdown_report, results_table, write_outputs
-from .runner import ATTACKS, EvaluationConfig, EvaluationResult, SanityCheckError, derive_seed, evaluate
+from .runner import EvaluationResult, SanityCheckError, check_output_dir, evaluate
 from .sanity import (
     SanityCheck,
+    check_converged,
     check_gradient,
     check_huge_eps,
     check_no_rise,
     check_undefended_collapse,
     format_sanity_block,
 )
+from .seeds import derive_seed
 
 __all__ = [
     "ATTACKS",
+    "ATTACK_TITLES",
+    "Aggregate",
+    "CONVERGENCE_AXES",
     "DEFENSES",
     "DEFENSE_TITLES",
     "DefenseSpec",
     "EvaluationConfig",
+    "EvaluationPlan",
     "EvaluationResult",
+    "Job",
+    "Records",
+    "SCORES",
     "SanityCheck",
     "SanityCheckError",
+    "Unit",
     "UndefendedClassifier",
+    "check_converged",
     "check_gradient",
     "check_huge_eps",
     "check_no_rise",
+    "check_output_dir",
     "check_undefended_collapse",
     "defense_specs",
     "derive_seed",
@@ -36,5 +53,8 @@ __all__ = [
     "format_sanity_block",
     "markdown_report",
     "results_table",
-    "write_outputs",
+    "sanity_checks",
+    "share_units",
+    "unit_cost",
+    "wilson_interval",
 ]

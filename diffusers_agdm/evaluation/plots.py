@@ -5,6 +5,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import ATTACK_TITLES
+from .defenses import DEFENSE_SHORT_TITLES
+
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -63,8 +66,6 @@ def plot_examples_grid(examples: dict, path, report: dict | None = None) -> Path
     def name(label: int) -> str:
         return names[label] if label < len(names) else str(label)
 
-    from .defenses import DEFENSE_SHORT_TITLES
-    from .runner import ATTACK_TITLES
 
     labels = examples["labels"].tolist()
     rows = [("clean", examples["images"], [f"true {name(y)}" for y in labels])]

@@ -1,14 +1,15 @@
 """Reports a person can read: `results.json` (everything), `results.md` (tables and sanity checks), the plots."""
 
 import json
+import os
 from pathlib import Path
 
+from .config import ATTACK_TITLES, SCORE_TITLES, SCORES
+from .plots import plot_accuracy_vs_eps, plot_examples_grid
 from .sanity import SanityCheck, format_sanity_block
 
-SCORE_TITLES = {
-    "all": "correct in all {k} defense runs (conservative)",
-    "majority": "correct in a majority of {k} defense runs",
-}
+ROBUST_RULE = ("An image counts as robust only if the defense classifies it correctly both clean and attacked; "
+               "clean accuracy uses the same score. K = {k} fresh defense runs per image.")
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
@@ -18,19 +19,26 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def format_accuracy(stat: dict) -> str:
-    """`{"mean": 0.4375, "std": 0.021}` as `43.8 ± 2.1` (percent); no std with a single seed."""
+def format_accuracy(stat: dict | None) -> str:
+    """`{"mean": 0.4375, "std": 0.021}` as `43.8 ± 2.1` (percent, std over seeds); a single seed shows its 95%
+    interval instead, `43.8 [31.6, 56.7]`; `None` (the attack does not apply) as `n/a`."""
+    if stat is None:
+        return "n/a"
     text = f"{100 * stat['mean']:.1f}"
-    return text if stat.get("std") is None else f"{text} ± {100 * stat['std']:.1f}"
+    if stat.get("std") is not None:
+        return f"{text} ± {100 * stat['std']:.1f}"
+    if stat.get("ci95") is not None:
+        low, high = stat["ci95"]
+        return f"{text} [{100 * low:.1f}, {100 * high:.1f}]"
+    return text
 
 
 def results_table(report: dict, kind: str = "all") -> str:
-    """Defense x {clean, each attack} as a markdown table of accuracy (%), mean ± std over seeds."""
-    from .runner import ATTACK_TITLES
-
+    """Defense x {clean, each attack} as a markdown table of accuracy (%), mean ± std over seeds (one seed: its
+    95% interval); robust columns are clean-and-robust."""
     columns = ["clean"] + list(report["settings"]["attacks"])
     return markdown_table(["defense"] + [ATTACK_TITLES[c] for c in columns],
-                          [[report["defenses"][defense]["title"]] + [format_accuracy(by_attack[c][kind])
+                          [[report["defenses"][defense]["title"]] + [format_accuracy(by_attack.get(c, {}).get(kind))
                                                                      for c in columns]
                            for defense, by_attack in report["results"].items()])
 
@@ -44,16 +52,56 @@ def eps_table(report: dict, kind: str = "all") -> str:
                            for defense, points in curve.items()])
 
 
+def settings_summary(config, plan, pipeline, specs) -> dict:
+    """The settings block of `results.json`: the threat model, each attack's budget, scoring, sanity checks."""
+    from dataclasses import asdict
+
+    base = plan.job("latent" if "latent" in plan.defenses else plan.defenses[-1], plan.base_attack,
+                    config.seeds[0])
+    surrogate = {}
+    if "surrogate" in config.attacks:
+        for d in plan.purifying:
+            _, steps, _ = pipeline.resolve_settings(**specs[d].purify_kwargs)
+            surrogate[d] = config.surrogate_steps if config.surrogate_steps is not None else max(1, steps // 2)
+    return {
+        "threat_model": {"norm": config.norm, "eps": config.eps, "eps_grid": plan.curve_eps()},
+        "attacks": list(config.attacks),
+        "attack": {"first": plan.base_attack, "loss": config.loss, "steps": config.steps,
+                   "restarts": config.restarts, "targeted_restarts": config.targeted_restarts,
+                   "eot_samples": config.eot_samples, "gradient_evaluations_per_image":
+                       base.iterations * max(1, base.eot_samples) if base.attack != "clean" else 0,
+                   "pgd_step_size": config.pgd_step_size, "random_start (pgd)": config.random_start,
+                   "guidance_weight (apgd-guidance)": config.guidance_weight,
+                   "gradient": "exact, through the whole defense (forward noising, every reverse step, second order "
+                               "through the guidance network, classifier), per-step gradient checkpointing"},
+        "surrogate": {"num_inference_steps": surrogate},
+        "autoattack": {"steps": config.autoattack_steps, "eot_iter (rand)": config.autoattack_eot_iter,
+                       "square_queries (standard)": config.autoattack_square_queries},
+        "rescore_runs": config.rescore_runs,
+        "scores": list(SCORES),
+        "robust_rule": ROBUST_RULE.format(k=config.rescore_runs),
+        "seeds": list(config.seeds),
+        "batch_size": config.batch_size,
+        "sanity": {"images": plan.sanity_count, "convergence_checks": list(config.convergence_checks),
+                   "convergence_tolerance": config.convergence_tolerance, "huge_eps": config.huge_eps,
+                   "huge_eps_attack": "PGD-20 from the clean image (no random start)",
+                   "gradient_check": config.gradient_check},
+        "config": asdict(config),
+    }
+
+
 def _settings_lines(report: dict) -> list[str]:
     s = report["settings"]
-    pgd = s["pgd"]
+    attack = s["attack"]
     lines = [
         f"- pipeline: `{report['pipeline']}`; data: `{report['data']['name']}`, {report['data']['num_images']} "
         f"images, {report['data']['num_classes']} classes",
         f"- threat model: {s['threat_model']['norm']} eps = {s['threat_model']['eps']:g}",
-        f"- PGD: {pgd['steps']} steps of {pgd['step_size']:.4g}, EOT {pgd['eot_samples']}, loss {pgd['loss']}, "
-        f"random start {pgd['random_start']}; exact gradient through the whole defense",
-        f"- scoring: each image re-classified by {s['rescore_runs']} fresh defense runs; seeds {s['seeds']}",
+        f"- attack budget: {attack['steps']} iterations x ({attack['restarts']} + {attack['targeted_restarts']} "
+        f"targeted) runs, EOT {attack['eot_samples']}, loss {attack['loss']}: "
+        f"{attack['gradient_evaluations_per_image']} gradient evaluations per image for {attack['first']}; exact "
+        "gradient through the whole defense",
+        f"- scoring: {s['robust_rule']} Seeds {s['seeds']}.",
     ]
     if "surrogate" in s["attacks"]:
         lines.append(f"- surrogate reverse steps: {s['surrogate']['num_inference_steps']}")
@@ -82,9 +130,9 @@ def markdown_report(report: dict) -> str:
     if not report["sanity_passed"]:
         parts += ["> **SANITY CHECK FAILED: the robust accuracies below cannot be trusted.** See the checks below.", ""]
     parts += _settings_lines(report) + [""]
-    for kind in ("all", "majority"):
+    for kind in SCORES:
         parts += [f"## Accuracy (%), {SCORE_TITLES[kind].format(k=k)}", "", results_table(report, kind), ""]
-    parts += ["## Robust accuracy (%) against eps, exact PGD, all runs correct", "", eps_table(report, "all"), "",
+    parts += ["## Robust accuracy (%) against eps, first attack, all runs correct", "", eps_table(report, "all"), "",
               "## Sanity checks", "", "```", format_sanity_block(_checks(report)), "```", "",
               "## Run", "", f"- command: `{run['command']}`",
               f"- {run['num_processes']} process(es) on {run['device']}, wall time {run['wall_time_s']:.1f} s, "
@@ -97,8 +145,8 @@ def text_summary(result, color: bool = False) -> str:
     """What `agdm evaluate` prints: the conservative table, the majority table and the sanity checks."""
     report = result.report
     k = report["settings"]["rescore_runs"]
-    parts = []
-    for kind in ("all", "majority"):
+    parts = [report["settings"]["robust_rule"], ""]
+    for kind in SCORES:
         parts += [f"Accuracy (%), {SCORE_TITLES[kind].format(k=k)}:", results_table(report, kind), ""]
     parts += ["Sanity checks:", format_sanity_block(result.sanity_checks, color=color)]
     if result.output_dir is not None:
@@ -107,14 +155,18 @@ def text_summary(result, color: bool = False) -> str:
     return "\n".join(parts)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_outputs(result, output_dir) -> None:
     """Write `results.json`, `results.md`, `robust_accuracy_vs_eps.png` and `examples_grid.png` to `output_dir`."""
-    from .plots import plot_accuracy_vs_eps, plot_examples_grid
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(result.report, indent=2) + "\n")
-    (output_dir / "results.md").write_text(markdown_report(result.report))
+    _write_atomic(output_dir / "results.json", json.dumps(result.report, indent=2) + "\n")
+    _write_atomic(output_dir / "results.md", markdown_report(result.report))
     plot_accuracy_vs_eps(result.report, output_dir / "robust_accuracy_vs_eps.png")
     if result.examples is not None:
         plot_examples_grid(result.examples, output_dir / "examples_grid.png", result.report)

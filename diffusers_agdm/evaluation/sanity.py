@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attacks.pgd import attack_loss
+from ..attacks import attack_loss
 
 UNDEFENDED_MAX_ACCURACY = 0.01
 
@@ -41,18 +41,19 @@ def noise_tolerance(accuracy: float, num_images: int, z: float = 2.0) -> float:
 
 def check_undefended_collapse(accuracy: float, num_images: int, norm: str, eps: float,
                               threshold: float = UNDEFENDED_MAX_ACCURACY,
-                              clean_accuracy: float | None = None) -> SanityCheck:
-    """The attack must break the undefended classifier at the nominal eps: accuracy at most `threshold` (1%).
+                              clean_accuracy: float | None = None, attack: str = "PGD",
+                              seed: int | None = None) -> SanityCheck:
+    """The attack must break the undefended classifier at the nominal eps: accuracy at most `threshold`.
     If it does not, the attack (not the defense) is broken, and every number beside it is meaningless. With a
     clean accuracy of 0 the check is vacuous (there was nothing to break) and fails too."""
     vacuous = clean_accuracy is not None and clean_accuracy == 0
     passed = accuracy <= threshold and not vacuous
     clean = "" if clean_accuracy is None else f", clean {100 * clean_accuracy:.1f}%"
-    detail = (f"undefended classifier under PGD at {norm} eps={eps:g}: {100 * accuracy:.1f}% of {num_images} images "
+    detail = (f"undefended classifier under {attack} at {norm} eps={eps:g}: {100 * accuracy:.1f}% of {num_images} images "
               f"(must be <= {100 * threshold:g}%{clean})")
     if vacuous:
         detail += "; vacuous: the classifier gets no clean image right, so the attack was never tested"
-    return SanityCheck("undefended falls under PGD", passed, detail,
+    return SanityCheck(f"undefended falls under attack{'' if seed is None else f' [seed {seed}]'}", passed, detail,
                        {"accuracy": accuracy, "threshold": threshold, "num_images": num_images,
                         "clean_accuracy": clean_accuracy})
 
@@ -82,6 +83,23 @@ def check_no_rise(defense: str, what: str, weak: tuple[str, float], strong: tupl
     detail = (f"{weak_name} {100 * weak_acc:.1f}% -> {strong_name} {100 * strong_acc:.1f}% on "
               f"{num_images} images (a rise must be <= {100 * tolerance:.1f} points)")
     return SanityCheck(f"robust accuracy does not rise with {what} [{defense}]", passed, detail,
+                       {weak_name: weak_acc, strong_name: strong_acc, "tolerance": tolerance,
+                        "num_images": num_images})
+
+
+def check_converged(defense: str, what: str, weak: tuple[str, float], strong: tuple[str, float], num_images: int,
+                    tolerance: float = 0.02) -> SanityCheck:
+    """Doubling the attack's budget (steps, EOT draws or restarts) must not lower robust accuracy by more than
+    `tolerance`. If it does, the attack had not converged and the reported number overstates robustness: the report
+    says "attack not converged" and the evaluation fails."""
+    (weak_name, weak_acc), (strong_name, strong_acc) = weak, strong
+    drop = weak_acc - strong_acc
+    passed = drop <= tolerance + 1e-12
+    detail = (f"{weak_name} {100 * weak_acc:.1f}% -> {strong_name} {100 * strong_acc:.1f}% on {num_images} images "
+              f"(a drop must be <= {100 * tolerance:g} points)")
+    if not passed:
+        detail += "; attack not converged: the reported robust accuracy is an upper bound"
+    return SanityCheck(f"attack converged: doubling {what} [{defense}]", passed, detail,
                        {weak_name: weak_acc, strong_name: strong_acc, "tolerance": tolerance,
                         "num_images": num_images})
 

@@ -1,0 +1,184 @@
+"""The settings of an evaluation, validated once: [`EvaluationConfig`], and the names of attacks and scores."""
+
+from dataclasses import dataclass, fields
+
+from ..attacks import LOSSES, check_budget, default_step_size
+from .defenses import DEFENSES
+
+ATTACKS = ("apgd", "apgd-guidance", "pgd", "bpda", "surrogate", "autoattack-rand", "autoattack-standard")
+ATTACK_TITLES = {
+    "clean": "clean",
+    "apgd": "APGD-EOT (exact gradient)",
+    "apgd-guidance": "APGD-EOT + guidance-target term",
+    "pgd": "PGD-EOT (exact gradient)",
+    "bpda": "BPDA (identity backward)",
+    "surrogate": "PGD-EOT on a surrogate reverse process",
+    "autoattack-rand": "AutoAttack rand",
+    "autoattack-standard": "AutoAttack standard",
+}
+# Attacks differentiating something other than the defense (comparison baselines).
+PGD_FAMILY = ("pgd", "bpda", "surrogate")
+# The guidance-target attack only exists for a defense with a guidance network.
+GUIDED_ONLY = ("apgd-guidance",)
+SCORES = ("all", "majority", "single")
+SCORE_TITLES = {
+    "all": "robust in all {k} defense runs (conservative)",
+    "majority": "robust in a majority of {k} defense runs",
+    "single": "robust in one defense run (as papers that score one run)",
+}
+CONVERGENCE_AXES = ("steps", "eot", "restarts")
+# Undefended collapse thresholds, calibrated on the embedded default with the strong attack (APGD, margin loss,
+# targeted restarts): L2 2.0 leaves one or two hard digits that only a targeted run moves.
+UNDEFENDED_MAX_ACCURACY = {"Linf": 0.01, "L2": 0.02}
+
+
+def _check_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+
+
+@dataclass
+class EvaluationConfig:
+    r"""
+    Every setting of an evaluation; all of them are written to `results.json`.
+
+    Args:
+        attacks: Attacks to run, from `ATTACKS`. `apgd` (the default) is exact-gradient APGD-EOT through the whole
+            defense with restarts, the worst iterate kept; `apgd-guidance` adds a term attacking the guidance
+            network's class prediction (latent guidance only: see the README's "Evaluating honestly"); `pgd` is plain
+            PGD-EOT; `bpda` and `surrogate` are the cheaper literature baselines (comparison only); `autoattack-rand`
+            is APGD-CE + APGD-DLR with EOT, `autoattack-standard` torchattacks' (for deterministic models).
+        defenses: From `DEFENSES`: `undefended`, `none` (DiffPure-style), `pixel` (GDMP-style), `latent` (AGDM).
+        norm, eps: The threat model, in [0, 1] pixel units (MNIST: Linf 0.3, L2 2.0).
+        eps_grid: Further eps values for the robust-accuracy-vs-eps plot (the first attack; PGD's step size scales
+            with eps).
+        steps, restarts, targeted_restarts, eot_samples, eot_batch, loss: The budget of `apgd`, `apgd-guidance`,
+            `pgd`, `bpda` and `surrogate`: iterations per run, untargeted runs (APGD), runs targeted at the next most
+            likely classes (APGD-T), EOT draws per gradient and per model call, and the loss (`margin`, `dlr` or
+            `ce`).
+        step_size, random_start: PGD's fixed step (default `2.5 * eps / steps`) and random start (APGD adapts its
+            step and always starts at random).
+        guidance_weight: Weight of the guidance-target term of `apgd-guidance`.
+        surrogate_steps: Reverse steps of the surrogate process (default: half the defense's, at least 1).
+        autoattack_steps, autoattack_eot_iter, autoattack_square_queries: AutoAttack's budget (defaults: the
+            original's 100 iterations, EOT 20 in 'rand', 5,000 Square queries).
+        rescore_runs: K, the fresh defense runs each (adversarial or clean) image is scored over. An image is robust
+            only if it is clean-correct *and* adversarially correct, under "all K", "majority of K" and "one run"
+            (run 0). Default 5: odd, so a majority has no ties.
+        seeds: One full evaluation per seed; tables show mean and sample std over seeds (one seed: a 95% interval).
+        batch_size: Images per unit of work (results depend on it, not on the number of processes).
+        strength, num_inference_steps, guidance_scale, pixel_guidance_scale, feature_weight, class_guidance,
+            guidance_target: Purification settings (default: the pipeline's config); `guidance_scale` is the latent
+            scale, `pixel_guidance_scale` the GDMP-style baseline's.
+        sanity_images: Images (the first ones) for the costly checks (convergence, huge eps); 0 skips them.
+        convergence_checks: Budgets doubled to test convergence, from `CONVERGENCE_AXES` (`steps`, `eot`,
+            `restarts`); each doubles the first attack's cost on `sanity_images` images.
+        convergence_tolerance: How far (fraction) robust accuracy may fall when a budget is doubled before the
+            report says "attack not converged" (and `agdm evaluate` exits 1).
+        huge_eps: The Linf eps at which every defense must fall to chance (attacked without random start, so the
+            start alone cannot pass it).
+        gradient_check: Compare each defense's gradient with finite differences (float64, one image).
+        num_examples: Images shown in `examples_grid.png`.
+        allow_failed_sanity: Return normally even if a sanity check fails (otherwise [`SanityCheckError`]).
+        show_progress_bar: A progress bar over the attack iterations (main process only).
+    """
+
+    attacks: tuple[str, ...] = ("apgd",)
+    defenses: tuple[str, ...] = DEFENSES
+    norm: str = "Linf"
+    eps: float = 0.3
+    eps_grid: tuple[float, ...] = ()
+    steps: int = 100
+    restarts: int = 1
+    targeted_restarts: int = 0
+    eot_samples: int = 1
+    eot_batch: int | None = None
+    loss: str = "margin"
+    step_size: float | None = None
+    random_start: bool = True
+    guidance_weight: float = 1.0
+    surrogate_steps: int | None = None
+    autoattack_steps: int = 100
+    autoattack_eot_iter: int = 20
+    autoattack_square_queries: int = 5000
+    rescore_runs: int = 5
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 16
+    strength: float | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    pixel_guidance_scale: float | None = None
+    feature_weight: float | None = None
+    class_guidance: bool | None = None
+    guidance_target: str | None = None
+    sanity_images: int = 64
+    convergence_checks: tuple[str, ...] = ("steps",)
+    convergence_tolerance: float = 0.02
+    huge_eps: float = 1.0
+    gradient_check: bool = True
+    num_examples: int = 6
+    allow_failed_sanity: bool = False
+    show_progress_bar: bool = True
+
+    def validate(self) -> None:
+        """Raise a `ValueError` naming the first bad setting."""
+        for name in ("attacks", "defenses", "eps_grid", "seeds", "convergence_checks"):
+            setattr(self, name, tuple(getattr(self, name)))
+        if not self.attacks:
+            raise ValueError(f"No attack given; choose from {ATTACKS}.")
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"Unknown attacks {unknown}; choose from {ATTACKS}.")
+        unknown = [d for d in self.defenses if d not in DEFENSES]
+        if unknown or not self.defenses:
+            raise ValueError(f"Unknown defenses {unknown}; choose from {DEFENSES}." if unknown else "No defense given.")
+        check_budget(self.norm, self.eps, self.steps, self.step_size, self.eot_samples, self.loss, self.restarts)
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown loss {self.loss!r}; choose one of {LOSSES}.")
+        if self.eps <= 0:
+            raise ValueError(f"The nominal `eps` must be > 0, got {self.eps!r}.")
+        for value in self.eps_grid:
+            check_budget(self.norm, value)
+        if not isinstance(self.huge_eps, (int, float)) or not 0 < self.huge_eps <= 1:
+            raise ValueError(f"`huge_eps` must be in (0, 1], got {self.huge_eps!r}.")
+        if not isinstance(self.guidance_weight, (int, float)) or not 0 <= self.guidance_weight < float("inf"):
+            raise ValueError(f"`guidance_weight` must be a finite number >= 0, got {self.guidance_weight!r}.")
+        tolerance = self.convergence_tolerance
+        if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+            raise ValueError(f"`convergence_tolerance` must be in [0, 1), got {tolerance!r}.")
+        for name in ("rescore_runs", "batch_size", "autoattack_steps", "autoattack_eot_iter",
+                     "autoattack_square_queries"):
+            _check_int(name, getattr(self, name))
+        for name in ("surrogate_steps", "eot_batch"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name))
+        for name in ("sanity_images", "num_examples", "targeted_restarts"):
+            _check_int(name, getattr(self, name), minimum=0)
+        unknown = [a for a in self.convergence_checks if a not in CONVERGENCE_AXES]
+        if unknown:
+            raise ValueError(f"Unknown convergence checks {unknown}; choose from {CONVERGENCE_AXES}.")
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
+            raise ValueError(f"`seeds` must be one or more integers, got {self.seeds!r}.")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"`seeds` has repeats: {self.seeds!r}.")
+
+    def replace(self, **overrides) -> "EvaluationConfig":
+        """A validated copy with `overrides`; an unknown name is a `ValueError`."""
+        names = {f.name for f in fields(self)}
+        unknown = [name for name in overrides if name not in names]
+        if unknown:
+            raise ValueError(f"Unknown evaluation settings {unknown}.")
+        values = {f.name: getattr(self, f.name) for f in fields(self)} | overrides
+        config = EvaluationConfig(**values)
+        config.validate()
+        return config
+
+    @property
+    def pgd_step_size(self) -> float:
+        """PGD's step size at the nominal eps."""
+        return self.step_size if self.step_size is not None else default_step_size(self.eps, self.steps)
+
+    @property
+    def runs_per_attack(self) -> int:
+        """APGD runs per image: untargeted restarts plus targeted ones."""
+        return self.restarts + self.targeted_restarts

@@ -1,0 +1,127 @@
+"""Running one unit of work: attack a chunk of images through one defense, then score it over K fresh defense runs."""
+
+import copy
+import time
+
+import torch
+
+from ..attacks import BPDAClassifier, apgd, autoattack, pgd, rescore
+from .config import PGD_FAMILY, EvaluationConfig
+from .defenses import DefenseSpec
+from .planning import Job, Unit
+from .sanity import SanityCheck, check_gradient
+from .seeds import derive_seed
+
+
+class UnitRunner:
+    """Runs units of an evaluation on one process: holds the pipeline, the data and the defenses."""
+
+    def __init__(self, pipeline, data, config: EvaluationConfig, specs: dict[str, DefenseSpec], device,
+                 num_classes: int):
+        self.pipeline, self.data, self.config, self.specs = pipeline, data, config, specs
+        self.device, self.num_classes = device, num_classes
+        self._float64_pipeline = None
+
+    # ------------------------------------------------------------------ attacks
+    def surrogate_steps(self, spec: DefenseSpec) -> int:
+        if self.config.surrogate_steps is not None:
+            return self.config.surrogate_steps
+        _, steps, _ = self.pipeline.resolve_settings(**spec.purify_kwargs)
+        return max(1, steps // 2)
+
+    def gradient_model(self, job: Job, spec: DefenseSpec, seed: int):
+        """The model an attack differentiates: the real defense, BPDA around it, or the surrogate process."""
+        if job.attack == "bpda":
+            return BPDAClassifier(spec.build(self.pipeline, seed), self.pipeline.classifier_logits)
+        if job.attack == "surrogate" and spec.purifies:
+            return spec.build(self.pipeline, seed, num_inference_steps=self.surrogate_steps(spec))
+        return spec.build(self.pipeline, seed)
+
+    def attack(self, job: Job, spec: DefenseSpec, images, labels, start: int, callback=None):
+        cfg = self.config
+        noise_seed = derive_seed(job.seed, "attack-noise", start)
+        generator = torch.Generator().manual_seed(derive_seed(job.seed, "attack-start", start))
+        model = self.gradient_model(job, spec, noise_seed)
+        if job.attack.startswith("apgd"):
+            weight = cfg.guidance_weight if job.attack == "apgd-guidance" else 0.0
+            return apgd(model, images, labels, eps=job.eps, norm=job.norm, steps=job.steps, restarts=job.restarts,
+                        targeted_restarts=min(job.targeted_restarts, self.num_classes - 1),
+                        eot_samples=job.eot_samples, eot_batch=cfg.eot_batch, loss=cfg.loss,
+                        guidance_weight=weight, generator=generator, callback=callback)
+        if job.attack in PGD_FAMILY:
+            return pgd(model, images, labels, eps=job.eps, norm=job.norm, steps=job.steps, step_size=job.step_size,
+                       eot_samples=job.eot_samples, eot_batch=cfg.eot_batch, random_start=job.random_start,
+                       loss=cfg.loss, generator=generator, callback=callback)
+        return autoattack(model, images, labels, eps=job.eps, norm=job.norm, version=job.attack.split("-", 1)[1],
+                          n_classes=self.num_classes, seed=generator.initial_seed() % 2**31,
+                          steps=cfg.autoattack_steps, eot_iter=cfg.autoattack_eot_iter,
+                          square_queries=cfg.autoattack_square_queries, eot_batch=cfg.eot_batch, callback=callback)
+
+    # ------------------------------------------------------------------ one unit
+    def run(self, unit: Unit, wants_examples: bool = False, callback=None) -> dict:
+        """The records of `unit`: per image, in how many of K runs the defense was right, and run 0's verdict."""
+        began = time.perf_counter()
+        if unit.job is None:
+            check = self.gradient_check(unit.defense)
+            return {"gradient_check": unit.defense, "check": check.to_dict(), "seconds": time.perf_counter() - began}
+        job, spec = unit.job, self.specs[unit.job.defense]
+        images = self.data.images[unit.start:unit.end].to(self.device)
+        labels = self.data.labels[unit.start:unit.end].to(self.device)
+        evaluated = images if job.attack == "clean" else self.attack(job, spec, images, labels, unit.start, callback)
+        if job.attack != "clean":
+            self.check_within_budget(job, images, evaluated)
+        scorer = spec.build(self.pipeline, seed=None)
+        rescore_seed = derive_seed(job.seed, "rescore", unit.start)
+        scored = rescore(scorer, evaluated, labels, self.config.rescore_runs, seed=rescore_seed)
+        output = {
+            "job": job, "start": unit.start,
+            "correct_runs": scored.correct_runs.tolist(), "run0_correct": scored.correct[0].tolist(),
+            "predictions": scored.predictions[0].tolist(), "seconds": time.perf_counter() - began,
+        }
+        if wants_examples:
+            output["examples"] = self.examples(scorer, rescore_seed, images, labels, evaluated)
+        return output
+
+    @staticmethod
+    def check_within_budget(job: Job, images, adversarial) -> None:
+        # Every attack, ours or torchattacks', must return images inside the threat model: otherwise the number is
+        # not a robust accuracy at this eps.
+        delta = (adversarial - images).flatten(1)
+        size = delta.abs().max(1).values if job.norm == "Linf" else delta.norm(dim=1)
+        if size.max().item() > job.eps * (1 + 1e-4) + 1e-6 or adversarial.min() < 0 or adversarial.max() > 1:
+            raise RuntimeError(f"{job.describe()} returned images outside the threat model (largest perturbation "
+                               f"{size.max().item():.4g}).")
+
+    @torch.no_grad()
+    def examples(self, scorer, rescore_seed, images, labels, adversarial) -> dict:
+        # Replays scoring run 0 on the whole chunk (same seed, same batch), so the purified image shown is the one
+        # run 0 classified.
+        scorer.reseed(rescore_seed)
+        purified = scorer.purify(adversarial)
+        n = min(self.config.num_examples, images.shape[0])
+        return {
+            "images": images[:n].cpu(), "labels": labels[:n].cpu(), "adversarial": adversarial[:n].cpu(),
+            "purified": purified[:n].cpu(),
+            "raw_predictions": self.pipeline.classifier_logits(adversarial[:n]).argmax(-1).cpu(),
+            "purified_predictions": self.pipeline.classifier_logits(purified).argmax(-1)[:n].cpu(),
+        }
+
+    # ------------------------------------------------------------------ the gradient check
+    def float64_pipeline(self):
+        if self._float64_pipeline is None:
+            from diffusers.utils import logging as diffusers_logging
+
+            verbosity = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # silence "should be kept in float32" notes on the copy
+            try:
+                self._float64_pipeline = copy.deepcopy(self.pipeline).to(dtype=torch.float64)
+            finally:
+                diffusers_logging.set_verbosity(verbosity)
+        return self._float64_pipeline
+
+    def gradient_check(self, defense: str) -> SanityCheck:
+        model = self.specs[defense].build(self.float64_pipeline(), seed=0)
+        images = self.data.images[:1].to(self.device, torch.float64)
+        labels = self.data.labels[:1].to(self.device)
+        return check_gradient(model, images, labels, name=defense,
+                              seed=derive_seed(self.config.seeds[0], "gradient-check") % 2**31)
