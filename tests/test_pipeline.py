@@ -2,6 +2,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffusers_agdm.guided_step import GuidanceSettings, guidance_gradient, noise_to_output_factor
@@ -26,38 +27,49 @@ def test_same_generator_same_output(kind, guidance):
     assert a.images.min() >= 0 and a.images.max() <= 1
 
 
-def _reference_unguided_purification(pipe, images, strength, steps, seed):
-    """DiffPure-style purification written from scratch: noise to t*, then the scheduler's plain reverse steps.
+def _reference_unguided_purification(pipe, images, timesteps, seed):
+    """DiffPure-style purification written from scratch: noise to `timesteps[0]`, then plain reverse steps through
+    `timesteps` and from the last one to the clean sample. DDPM runs through Diffusers' scheduler with these custom
+    timesteps; DDIM (eta 0) is written out, since its scheduler only takes one fixed stride.
 
     It follows the pipeline's documented noise protocol: the starting noise, then one seed per step, all drawn
     from the caller's generator."""
     scheduler, unet = pipe.scheduler, pipe.unet
-    total = round(steps / strength)
-    scheduler.set_timesteps(total)
-    timesteps = scheduler.timesteps[total - steps:]
+    abar = scheduler.alphas_cumprod
     generator = _gen(seed)
     x0 = images * 2 - 1
     noise = randn_tensor(x0.shape, generator=generator)
-    seeds = torch.randint(0, 2**62, (steps, 1), generator=generator)
-    x = scheduler.add_noise(x0, noise, timesteps[:1])
+    seeds = torch.randint(0, 2**62, (len(timesteps), 1), generator=generator)
+    x = abar[timesteps[0]].sqrt() * x0 + (1 - abar[timesteps[0]]).sqrt() * noise
+    if isinstance(scheduler, DDPMScheduler):
+        scheduler = DDPMScheduler.from_config(scheduler.config)
+        scheduler.set_timesteps(timesteps=list(timesteps))
     for i, t in enumerate(timesteps):
-        eps = unet(x, t).sample
-        x = scheduler.step(eps, t, x, generator=_gen(int(seeds[i, 0]))).prev_sample
+        eps = unet(x, torch.tensor(t)).sample
+        if isinstance(scheduler, DDPMScheduler):
+            x = scheduler.step(eps, t, x, generator=_gen(int(seeds[i, 0]))).prev_sample
+            continue
+        a_prev = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0)
+        pred_x0 = ((x - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()).clamp(-1, 1)  # clip_sample=True
+        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * eps
     return ((x + 1) / 2).clamp(0, 1)
 
 
-@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
-def test_scale_zero_equals_reference_unguided_loop(kind):
+@pytest.mark.parametrize("kind, timesteps", [("ddpm", (30, 15, 0)), ("ddim", (30, 16, 0))])
+def test_scale_zero_equals_reference_unguided_loop(kind, timesteps):
+    """On the 100-step dummy schedule strength 0.3 starts at t = 30; DDPM spreads 3 steps evenly to 0, DDIM takes
+    the strides it can (100 // n: 14 or 16, not 15)."""
     pipe = dummy_pipeline(kind)
     x = dummy_images(3)
+    assert pipe.get_timesteps(0.3, 3).tolist() == list(timesteps)
     with torch.no_grad():
-        expected = _reference_unguided_purification(pipe, x, strength=0.3, steps=3, seed=11)
+        expected = _reference_unguided_purification(pipe, x, timesteps, seed=11)
         got_scale0 = pipe(x, strength=0.3, num_inference_steps=3, guidance="latent", guidance_scale=0.0,
                           generator=_gen(11), output_type="pt").images
-        got_none = pipe(x, strength=0.3, num_inference_steps=3, guidance="none", guidance_scale=7.0,
+        got_none = pipe(x, strength=0.3, num_inference_steps=3, guidance="none",
                         generator=_gen(11), output_type="pt").images
-    torch.testing.assert_close(got_scale0, expected, rtol=0, atol=1e-6)
-    torch.testing.assert_close(got_none, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_scale0, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_none, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("guidance", ["latent", "pixel"])
@@ -65,7 +77,8 @@ def test_guidance_changes_the_purified_image(guidance):
     pipe = dummy_pipeline()
     x = dummy_images()
     plain = pipe(x, guidance="none", generator=_gen(), output_type="pt").images
-    guided = pipe(x, guidance=guidance, guidance_scale=50.0, generator=_gen(), output_type="pt").images
+    scale = {"guidance_scale" if guidance == "latent" else "pixel_guidance_scale": 50.0}
+    guided = pipe(x, guidance=guidance, generator=_gen(), output_type="pt", **scale).images
     assert (plain - guided).abs().max() > 1e-3
 
 
@@ -74,7 +87,7 @@ def test_pixel_guidance_pulls_towards_the_input():
     x = dummy_images(4)
     dist = {}
     for scale in (0.0, 20.0):
-        out = pipe(x, guidance="pixel", guidance_scale=scale, generator=_gen(), output_type="pt").images
+        out = pipe(x, guidance="pixel", pixel_guidance_scale=scale, generator=_gen(), output_type="pt").images
         dist[scale] = (out - x).pow(2).sum().item()
     assert dist[20.0] < dist[0.0]
 
@@ -152,9 +165,64 @@ def test_classify_and_defended_classifier_agree_with_call():
     assert logits_a.shape == (3, 4)
 
 
-def test_timesteps_follow_the_img2img_convention():
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+@pytest.mark.parametrize("strength", [0.05, 0.3, 0.35, 0.71, 1.0])
+def test_strength_names_the_first_timestep_whatever_the_steps(kind, strength):
+    """t* = round(strength x T) for every number of steps the schedule can hold (issue: 0.35 used to start at 306
+    with 10 DDIM steps, and at 999 when the steps outnumbered t*)."""
+    pipe = dummy_pipeline(kind)
+    t_star = min(round(strength * 100), 99)
+    for steps in sorted(n for n in {1, 2, 3, 5, 10, t_star // 2, t_star, t_star + 1} if 1 <= n <= t_star + 1):
+        ts = pipe.get_timesteps(strength, steps).tolist()
+        assert ts[0] == t_star and len(ts) == steps
+        assert all(a > b for a, b in zip(ts, ts[1:])) and ts[-1] >= 0
+        assert pipe.resolve_settings(strength=strength, num_inference_steps=steps).first_timestep == t_star
+        if kind == "ddpm":
+            assert ts[-1] == 0 or steps == 1
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_purification_really_starts_at_t_star(kind):
+    """The noised input the first step sees is the input diffused to round(strength x T), for several step counts."""
+    pipe = dummy_pipeline(kind)
+    x = dummy_images(2)
+    for steps in (1, 4, 9):
+        seen = []
+        handle = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(int(args[1])))
+        try:
+            pipe(x, strength=0.4, num_inference_steps=steps, guidance="none", generator=_gen(), output_type="pt")
+        finally:
+            handle.remove()
+        assert seen[0] == 40 and len(seen) == steps
+
+
+def test_full_ddpm_chain_from_t_star():
     pipe = dummy_pipeline("ddpm")
-    ts = pipe.get_timesteps(strength=0.3, num_inference_steps=30)  # 100-step schedule: the full chain from t=29
-    assert ts.tolist() == list(range(29, -1, -1))
-    ts = pipe.get_timesteps(strength=0.2, num_inference_steps=5)
-    assert len(ts) == 5 and ts[-1] == 0 and ts[0] < 20
+    assert pipe.get_timesteps(strength=0.3, num_inference_steps=31).tolist() == list(range(30, -1, -1))
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_more_steps_than_t_star_allows_raises(kind):
+    pipe = dummy_pipeline(kind)
+    with pytest.raises(ValueError, match=r"strength=0.1 .*t=10 .*at most 11 steps.*num_inference_steps=100"):
+        pipe.get_timesteps(0.1, 100)
+    with pytest.raises(ValueError, match="num_inference_steps=12"):
+        pipe(dummy_images(), strength=0.1, num_inference_steps=12, guidance="none", output_type="pt")
+
+
+def test_the_issue_example_raises_on_a_1000_step_schedule():
+    from diffusers_agdm.utils.schedule import purification_timesteps
+
+    with pytest.raises(ValueError, match=r"strength=0.1 .*t=100 .*num_inference_steps=1000"):
+        purification_timesteps(0.1, 1000, 1000)
+    assert purification_timesteps(0.35, 10, 1000, fixed_stride=True)[0] == 350
+
+
+def test_describing_the_settings_leaves_the_scheduler_alone():
+    pipe = dummy_pipeline("ddim")
+    pipe.scheduler.set_timesteps(7)
+    before = (pipe.scheduler.num_inference_steps, pipe.scheduler.timesteps.clone())
+    pipe.resolve_settings(strength=0.5, num_inference_steps=4)
+    pipe.get_timesteps(0.2, 3)
+    pipe(dummy_images(), guidance="none", generator=_gen(), output_type="pt")  # runs on a private copy
+    assert pipe.scheduler.num_inference_steps == before[0] and torch.equal(pipe.scheduler.timesteps, before[1])
