@@ -74,18 +74,18 @@ class DefenseSpec:
         info = {"title": DEFENSE_TITLES[self.name]}
         if not self.purifies:
             return info
-        strength, steps, settings = pipeline.resolve_settings(**self.purify_kwargs)
-        first_timestep = int(pipeline.get_timesteps(strength, steps)[0])
+        resolved = pipeline.resolve_settings(**self.purify_kwargs)
+        settings = resolved.guidance
         info.update(
             guidance=settings.mode,
             guidance_scale=float(settings.scale),
             feature_weight=float(settings.feature_weight),
             class_guidance=bool(settings.class_guidance),
             guidance_target=settings.target,
-            strength=float(strength),
-            first_timestep=first_timestep,
+            strength=float(resolved.strength),
+            first_timestep=resolved.first_timestep,
             num_train_timesteps=int(pipeline.scheduler.config.num_train_timesteps),
-            num_inference_steps=int(steps),
+            num_inference_steps=int(resolved.num_inference_steps),
             scheduler=type(pipeline.scheduler).__name__,
             eta=float(pipeline.config.eta),
         )
@@ -118,7 +118,7 @@ def defense_specs(
     per_defense = {
         "undefended": None,
         "none": {"guidance": "none", "guidance_scale": 0.0},  # unguided whatever the pipeline's scale
-        "pixel": {"guidance": "pixel", "guidance_scale": pixel_guidance_scale},
+        "pixel": {"guidance": "pixel", "pixel_guidance_scale": pixel_guidance_scale},
         "latent": {"guidance": "latent", "guidance_scale": guidance_scale, "class_guidance": class_guidance,
                    "guidance_target": guidance_target},
     }

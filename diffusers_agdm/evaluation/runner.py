@@ -379,7 +379,7 @@ class _Evaluation:
     def surrogate_steps(self, spec: DefenseSpec) -> int:
         if self.config.surrogate_steps is not None:
             return self.config.surrogate_steps
-        _, steps, _ = self.pipeline.resolve_settings(**spec.purify_kwargs)
+        steps = self.pipeline.resolve_settings(**spec.purify_kwargs).num_inference_steps
         return max(1, steps // 2)
 
     def gradient_model(self, job: Job, spec: DefenseSpec, seed: int):
