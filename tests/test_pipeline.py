@@ -226,3 +226,74 @@ def test_describing_the_settings_leaves_the_scheduler_alone():
     pipe.get_timesteps(0.2, 3)
     pipe(dummy_images(), guidance="none", generator=_gen(), output_type="pt")  # runs on a private copy
     assert pipe.scheduler.num_inference_steps == before[0] and torch.equal(pipe.scheduler.timesteps, before[1])
+
+
+def test_callback_on_step_end_sees_every_step_and_collects_the_trajectory():
+    pipe = dummy_pipeline("ddpm")
+    x = dummy_images(2)
+    trajectory, steps = [], []
+
+    def collect(p, i, t, tensors):
+        assert p is pipe and set(tensors) == {"latents"}
+        trajectory.append(tensors["latents"].clone())
+        steps.append((i, int(t)))
+        return tensors
+
+    out = pipe(x, strength=0.3, num_inference_steps=3, generator=_gen(), output_type="pt",
+               callback_on_step_end=collect, callback_on_step_end_tensor_inputs=["latents"])
+    assert steps == list(enumerate(pipe.get_timesteps(0.3, 3).tolist()))
+    assert len(trajectory) == 3 and all(z.shape == x.shape for z in trajectory)
+    assert not torch.equal(trajectory[0], trajectory[1])
+    torch.testing.assert_close(out.images, ((trajectory[-1] + 1) / 2).clamp(0, 1))
+    plain = pipe(x, strength=0.3, num_inference_steps=3, generator=_gen(), output_type="pt").images
+    torch.testing.assert_close(out.images, plain, rtol=0, atol=0)  # watching changes nothing
+
+
+def test_callback_can_replace_the_latents_and_bad_tensor_inputs_raise():
+    pipe = dummy_pipeline()
+    out = pipe(dummy_images(), generator=_gen(), output_type="pt",
+               callback_on_step_end=lambda p, i, t, kw: {"latents": torch.full_like(kw["latents"], -1.0)})
+    assert torch.equal(out.images, torch.zeros_like(out.images))
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        pipe(dummy_images(), output_type="pt", callback_on_step_end=lambda *a: {},
+             callback_on_step_end_tensor_inputs=["noise_pred"])
+
+
+def test_diffuse_is_the_forward_process_of_the_scheduler():
+    from diffusers_agdm.utils import diffuse
+
+    scheduler = dummy_scheduler("ddpm")
+    x0, noise = torch.randn(2, 3, 1, 8, 8).unbind(0)
+    t = torch.tensor([3, 70, 99])
+    torch.testing.assert_close(diffuse(x0, noise, scheduler.alphas_cumprod, t), scheduler.add_noise(x0, noise, t))
+    abar = scheduler.alphas_cumprod[50]
+    torch.testing.assert_close(diffuse(x0, noise, scheduler.alphas_cumprod, 50), abar.sqrt() * x0 + (1 - abar).sqrt()
+                               * noise)
+
+
+def test_sample_size_helper_reads_ints_and_square_pairs():
+    from types import SimpleNamespace
+
+    from diffusers_agdm.utils import sample_size
+
+    assert sample_size(SimpleNamespace(sample_size=28)) == 28
+    assert sample_size({"sample_size": [32, 32]}) == 32
+    assert dummy_pipeline().sample_size == 8
+    with pytest.raises(ValueError, match="square"):
+        sample_size(SimpleNamespace(sample_size=(32, 16)))
+
+
+def test_call_docstring_carries_the_runnable_example():
+    import doctest
+
+    from diffusers_agdm import AdversarialGuidedPurificationPipeline, AdversarialGuidedPurificationPipelineOutput
+    from diffusers_agdm import AdversarialPurificationPipelineOutput
+
+    doc = AdversarialGuidedPurificationPipeline.__call__.__doc__
+    assert ">>> pipe = AdversarialGuidedPurificationPipeline(" in doc
+    assert AdversarialPurificationPipelineOutput is AdversarialGuidedPurificationPipelineOutput
+    code = "\n".join(line for line in doc.splitlines() if "```" not in line)  # the fences end a doctest's output
+    test = doctest.DocTestParser().get_doctest(code, {}, "example", None, 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(test)
+    assert runner.failures == 0 and runner.tries >= 8

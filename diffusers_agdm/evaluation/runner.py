@@ -673,8 +673,7 @@ def evaluate(
     for component in (pipeline.unet, pipeline.guidance, pipeline.classifier):
         if isinstance(component, torch.nn.Module):
             component.eval().requires_grad_(False)
-    size = pipeline.unet.config.sample_size
-    size = size if isinstance(size, int) else size[0]
+    size = pipeline.sample_size
     check_images_fit(data, pipeline.unet.config.in_channels, size, what="the pipeline")
     run = _Evaluation(pipeline, data, config, state)
     check_images_fit(data, pipeline.unet.config.in_channels, size, num_classes=run.num_classes,
