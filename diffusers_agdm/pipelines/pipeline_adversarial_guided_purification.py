@@ -1,5 +1,6 @@
 """AdversarialGuidedPurificationPipeline: diffusion purification steered by an adversarially trained guidance network."""
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..guided_step import GUIDANCE_MODES, GuidanceSettings, GuidedReverseStep, replayed_step
 from ..hub import push_pipeline_to_hub
+from ..loading import check_component_folders
 from ..models.guidance import GuidanceModel
 from ..settings import PurificationSettings
 from ..utils.diffusion import diffuse
@@ -164,6 +166,14 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
                                                  do_convert_grayscale=in_channels == 1)
 
     # ------------------------------------------------------------------ components
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """[`DiffusionPipeline.from_pretrained`], naming a component whose folder is missing from a local pipeline
+        folder. Components are checked as they are set: class, shapes, class counts and finite weights."""
+        if os.path.isdir(pretrained_model_name_or_path):
+            check_component_folders(pretrained_model_name_or_path, given=kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @property
     def sample_size(self) -> int:
         """The height (= width) of the images the UNet works on."""
