@@ -1,4 +1,5 @@
-"""AdversarialGuidedPurificationPipeline: diffusion purification steered by an adversarially trained guidance network."""
+"""AdversarialGuidedPurificationPipeline: diffusion purification steered by an adversarially trained guidance
+network."""
 
 import os
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ EXAMPLE_DOC_STRING = """
         >>> from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel, SmallImageClassifier
 
         >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        ...                    norm_num_groups=4, layers_per_block=1,
-        ...                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+        ...                    norm_num_groups=4, layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+        ...                    up_block_types=("UpBlock2D", "UpBlock2D"))
         >>> guidance = GuidanceModel(in_channels=1, sample_size=8, num_classes=10, block_out_channels=(8, 16),
         ...                          feature_dim=16, norm_num_groups=4)
         >>> classifier = SmallImageClassifier(in_channels=1, sample_size=8, num_classes=10, block_out_channels=(8,))
@@ -309,7 +310,8 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             if not all(isinstance(g, torch.Generator) for g in generator):
                 raise ValueError("`generator` must be a torch.Generator or a list of them.")
         elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}.")
+            raise ValueError("`generator` must be a torch.Generator or a list of them, got "
+                             f"{type(generator).__name__}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
         if callback_on_step_end_tensor_inputs is not None:
@@ -546,7 +548,11 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ the user-facing call
     def prepare_images(self, image) -> torch.Tensor:
-        """Turn checked PIL images, numpy arrays (BHWC) or tensors (BCHW) in [0, 1] into one [0, 1] tensor batch."""
+        """Turn PIL images, numpy arrays (BHWC) or tensors (BCHW) in [0, 1] into one validated [0, 1] tensor batch."""
+        self._check_images(image)
+        return self._to_tensor(image)
+
+    def _to_tensor(self, image) -> torch.Tensor:
         if torch.is_tensor(image):
             return image[None] if image.ndim == 3 else image
         return self.image_processor.preprocess(image)
@@ -622,7 +628,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
                              "not both.")
         self.check_inputs(image, settings, generator=generator, output_type=output_type,
                           callback_on_step_end_tensor_inputs=tensor_inputs)
-        images = self.prepare_images(image)
+        images = self._to_tensor(image)  # checked above
 
         callback = None
         if callback_on_step_end is not None:
