@@ -148,8 +148,10 @@ def test_wrong_component_classes_raise():
         AdversarialGuidedPurificationPipeline(unet=dummy_guidance(), scheduler=dummy_scheduler())
 
 
-def test_unsupported_scheduler_raises():
-    from diffusers import PNDMScheduler
+@pytest.mark.parametrize("name", ["PNDMScheduler", "EulerDiscreteScheduler"])
+def test_unsupported_scheduler_raises(name):
+    import diffusers
 
-    with pytest.raises(ValueError, match="PNDMScheduler cannot start the reverse process at an arbitrary t"):
-        AdversarialGuidedPurificationPipeline(unet=dummy_unet(), scheduler=PNDMScheduler(num_train_timesteps=100))
+    scheduler = getattr(diffusers, name)(num_train_timesteps=100)
+    with pytest.raises(ValueError, match=f"{name} cannot run purification.*DDPMScheduler or DDIMScheduler"):
+        AdversarialGuidedPurificationPipeline(unet=dummy_unet(), scheduler=scheduler)

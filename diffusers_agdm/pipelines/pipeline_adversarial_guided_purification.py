@@ -117,8 +117,8 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
 
     Args:
         unet ([`UNet2DModel`]): The pretrained, frozen denoiser (epsilon-, v- or sample-prediction).
-        scheduler ([`SchedulerMixin`]): [`DDPMScheduler`], [`DDIMScheduler`], or another first-order scheduler that
-            takes custom `timesteps`.
+        scheduler ([`SchedulerMixin`]): A [`DDPMScheduler`] or [`DDIMScheduler`] (variance-preserving, able to start
+            at any t*).
         guidance ([`GuidanceModel`], *optional*): The guidance network phi; needed for `guidance="latent"`.
         classifier (*optional*): The downstream classifier on [0, 1] images: a [`SmallImageClassifier`] or a
             `transformers` image-classification model (with `feature_extractor` for its normalisation).

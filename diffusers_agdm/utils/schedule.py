@@ -80,15 +80,18 @@ def is_fixed_stride(scheduler) -> bool:
 
 
 def check_scheduler(scheduler) -> None:
-    """Raise a `ValueError` unless purification can run `scheduler` from any t* (see `purification_timesteps`)."""
-    name = type(scheduler).__name__
-    if not hasattr(scheduler, "alphas_cumprod") or not hasattr(scheduler, "step"):
-        raise ValueError(f"{name} has no `alphas_cumprod`/`step`; purification needs a variance-preserving "
-                         "scheduler such as DDPMScheduler or DDIMScheduler.")
-    if getattr(scheduler, "order", 1) != 1 or not (takes_custom_timesteps(scheduler) or is_fixed_stride(scheduler)):
-        raise ValueError(f"{name} cannot start the reverse process at an arbitrary t*: purification needs a "
-                         "first-order scheduler that takes custom `timesteps` (such as DDPMScheduler) or "
-                         "DDIMScheduler.")
+    """
+    Raise a `ValueError` unless purification can run `scheduler`: a variance-preserving DDPM or DDIM scheduler
+    (or a subclass). The forward process (`diffuse`) and the guidance correction assume x_t = sqrt(abar_t) x_0 +
+    sqrt(1 - abar_t) eps, which sigma-space schedulers (Euler, Heun, ...) do not use, and starting at any t* needs
+    custom timesteps (DDPM) or a stride per step (DDIM).
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if not isinstance(scheduler, (DDPMScheduler, DDIMScheduler)):
+        raise ValueError(f"{type(scheduler).__name__} cannot run purification: it needs a variance-preserving "
+                         "scheduler that can start the reverse process at an arbitrary t*, DDPMScheduler or "
+                         "DDIMScheduler (build one with `DDIMScheduler.from_config(scheduler.config)`).")
 
 
 def scheduler_for(scheduler, timesteps: tuple[int, ...], device=None):
