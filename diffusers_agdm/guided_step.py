@@ -57,6 +57,8 @@ class GuidanceSettings:
         scale_name = "pixel_guidance_scale" if self.mode == "pixel" else "guidance_scale"
         check_finite(scale_name, self.scale, minimum=0)
         check_finite("feature_weight", self.feature_weight, minimum=0)
+        if not isinstance(self.class_guidance, bool):
+            raise ValueError(f"`class_guidance` must be True or False, got {self.class_guidance!r}.")
         if self.mode == "latent" and not has_guidance_model:
             raise ValueError("guidance='latent' needs a guidance model, but this pipeline has none; pass "
                              "`guidance=GuidanceModel(...)` when building it, or use guidance='pixel' or 'none'.")

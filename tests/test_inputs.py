@@ -155,3 +155,9 @@ def test_unsupported_scheduler_raises(name):
     scheduler = getattr(diffusers, name)(num_train_timesteps=100)
     with pytest.raises(ValueError, match=f"{name} cannot run purification.*DDPMScheduler or DDIMScheduler"):
         AdversarialGuidedPurificationPipeline(unet=dummy_unet(), scheduler=scheduler)
+
+
+@pytest.mark.parametrize("value", ["false", 0, 1.0])
+def test_class_guidance_must_be_a_bool(pipe, value):
+    with pytest.raises(ValueError, match="`class_guidance` must be True or False"):
+        pipe(dummy_images(), class_guidance=value, output_type="pt")
