@@ -27,7 +27,7 @@ def measure(args) -> dict:
     """One gradient in this process; prints a JSON line."""
     pipe = load(args.pipeline)
     cfg = pipe.unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    size = pipe.sample_size
     x = torch.rand(args.batch_size, cfg.in_channels, size, size,
                    generator=torch.Generator().manual_seed(0)).to(pipe.device).requires_grad_(True)
     labels = torch.zeros(args.batch_size, dtype=torch.long, device=pipe.device)

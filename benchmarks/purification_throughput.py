@@ -44,7 +44,7 @@ def cifar10_scale_pipeline():
 def measure(pipe, batch_size: int, repeats: int, seed: int) -> dict:
     """Seconds per batch of each guidance mode, interleaved over repeats so that all see the same machine load."""
     cfg = pipe.unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    size = pipe.sample_size
     images = torch.rand(batch_size, cfg.in_channels, size, size,
                         generator=torch.Generator().manual_seed(seed)).to(pipe.device)
     scale = {"none": 0.0, "latent": pipe.config.guidance_scale, "pixel": pipe.config.pixel_guidance_scale}

@@ -11,13 +11,20 @@ from .guided_step import GuidanceSettings, GuidedReverseStep
 from .hub import make_model_card, push_folder_to_hub
 from .models import GuidanceModel, GuidanceModelOutput, ImageClassifierOutput, SmallImageClassifier
 from .models.resnet import CifarResNet, load_pyautoattack_resnet18
-from .pipelines import AdversarialGuidedPurificationPipeline, AdversarialPurificationPipelineOutput, PurifiedClassifier
+from .pipelines import (
+    AdversarialGuidedPurificationPipeline,
+    AdversarialGuidedPurificationPipelineOutput,
+    AdversarialPurificationPipelineOutput,
+    PurifiedClassifier,
+)
 from .pretrained import default_pipeline_path, load_pipeline
+from .settings import PurificationSettings
 
 register_with_diffusers([AdversarialGuidedPurificationPipeline])
 
 __all__ = [
     "AdversarialGuidedPurificationPipeline",
+    "AdversarialGuidedPurificationPipelineOutput",
     "AdversarialPurificationPipelineOutput",
     "CifarResNet",
     "GuidanceModel",
@@ -25,6 +32,7 @@ __all__ = [
     "GuidanceSettings",
     "GuidedReverseStep",
     "ImageClassifierOutput",
+    "PurificationSettings",
     "PurifiedClassifier",
     "SmallImageClassifier",
     "default_pipeline_path",

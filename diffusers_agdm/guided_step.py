@@ -1,4 +1,6 @@
-"""The guided reverse step of AGDM, written once; purification, attacks and training all call it.
+"""The guided reverse step of AGDM, written once: purification calls it for every mode (latent, pixel, none), so
+every attack on the pipeline differentiates through it. (Training the guidance network does not use it: see
+docs/method.md.)
 
 AGDM (arXiv 2403.16067, eq. for the conditional score) steers each reverse step with the gradient
 
@@ -6,12 +8,17 @@ AGDM (arXiv 2403.16067, eq. for the conditional score) steers each reverse step 
 
 and applies it as a classifier-guidance correction of the predicted noise,
 ``eps_guided = eps_theta(x_t, t) - s * sqrt(1 - abar_t) * g_t``, which every scheduler with ``step`` accepts.
+The equations and the choices fixed where the paper is silent are in docs/method.md.
 """
 
 import inspect
 from dataclasses import dataclass
 
 import torch
+
+from .utils.diffusion import diffuse
+from .utils.schedule import fixed_stride_scheduler_steps, is_fixed_stride
+from .utils.validation import check_finite
 
 GUIDANCE_MODES = ("latent", "pixel", "none")
 GUIDANCE_TARGETS = ("diffused", "input")
@@ -47,11 +54,11 @@ class GuidanceSettings:
             raise ValueError(f"Unknown guidance {self.mode!r}; choose one of {GUIDANCE_MODES}.")
         if self.target not in GUIDANCE_TARGETS:
             raise ValueError(f"Unknown guidance_target {self.target!r}; choose one of {GUIDANCE_TARGETS}.")
-        for name in ("scale", "feature_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value != value or value < 0 or value == float("inf"):
-                raise ValueError(f"`{'guidance_scale' if name == 'scale' else name}` must be a finite number >= 0, "
-                                 f"got {value!r}.")
+        scale_name = "pixel_guidance_scale" if self.mode == "pixel" else "guidance_scale"
+        check_finite(scale_name, self.scale, minimum=0)
+        check_finite("feature_weight", self.feature_weight, minimum=0)
+        if not isinstance(self.class_guidance, bool):
+            raise ValueError(f"`class_guidance` must be True or False, got {self.class_guidance!r}.")
         if self.mode == "latent" and not has_guidance_model:
             raise ValueError("guidance='latent' needs a guidance model, but this pipeline has none; pass "
                              "`guidance=GuidanceModel(...)` when building it, or use guidance='pixel' or 'none'.")
@@ -61,11 +68,13 @@ def _expand(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coefficient.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def reference_at(reference: torch.Tensor, start_noise: torch.Tensor, alpha_bar: torch.Tensor, target: str):
-    """x'_t: the (possibly attacked) input as the guidance compares it with x_t at step t."""
+def reference_at(reference: torch.Tensor, start_noise: torch.Tensor, alphas_cumprod: torch.Tensor, timestep,
+                 target: str):
+    """x'_t: the (possibly attacked) input as the guidance compares it with x_t at step t: the input itself, or the
+    input diffused to t with the noise that started the reverse process."""
     if target == "input":
         return reference
-    return _expand(alpha_bar.sqrt(), reference) * reference + _expand((1 - alpha_bar).sqrt(), reference) * start_noise
+    return diffuse(reference, start_noise, alphas_cumprod, timestep)
 
 
 def guidance_gradient(guidance_model, x_t, timestep, reference_t, target_label, settings: GuidanceSettings):
@@ -110,11 +119,18 @@ class GuidedReverseStep:
     One reverse step x_t -> x_{t-1} of (guided) purification: UNet, guidance correction, then `scheduler.step`.
 
     Holding no state between calls, it can be replayed exactly, which per-step gradient checkpointing relies on.
+    Give it a scheduler of its own set up for `timesteps` (`diffusers_agdm.utils.schedule.scheduler_for`): a
+    fixed-stride scheduler (DDIM) gets the stride to the next of `timesteps` before each step.
     """
 
-    def __init__(self, unet, scheduler, guidance_model, settings: GuidanceSettings, eta: float = 0.0):
+    def __init__(self, unet, scheduler, guidance_model, settings: GuidanceSettings, eta: float = 0.0,
+                 timesteps: tuple[int, ...] | None = None):
         self.unet = unet
         self.scheduler = scheduler
+        self.timesteps = tuple(int(t) for t in timesteps) if timesteps is not None else None
+        self.fixed_stride = is_fixed_stride(scheduler)
+        if self.fixed_stride and self.timesteps is None:
+            raise ValueError(f"{type(scheduler).__name__} moves by a fixed stride: pass the `timesteps` it runs.")
         self.guidance_model = guidance_model
         self.settings = settings
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
@@ -132,13 +148,17 @@ class GuidedReverseStep:
         model_output = self.unet(model_input, timestep).sample
         if self.settings.active:
             alpha_bar = self.alpha_bar(timestep, model_input)
-            reference_t = reference_at(reference, start_noise, alpha_bar, self.settings.target)
+            reference_t = reference_at(reference, start_noise, self.scheduler.alphas_cumprod, timestep,
+                                       self.settings.target)
             grad = guidance_gradient(self.guidance_model, model_input, timestep, reference_t, target_label,
                                      self.settings)
             eps_shift = -self.settings.scale * _expand((1 - alpha_bar).sqrt(), grad) * grad
             model_output = model_output + _expand(noise_to_output_factor(self.prediction_type, alpha_bar),
                                                   grad) * eps_shift
         kwargs = dict(self.extra_step_kwargs)
+        if self.fixed_stride:  # set here, not once: a replayed step must find its own stride
+            self.scheduler.num_inference_steps = fixed_stride_scheduler_steps(
+                self.timesteps, self.timesteps.index(int(timestep)), self.scheduler.config.num_train_timesteps)
         if self.accepts_generator:
             kwargs["generator"] = generator
         return self.scheduler.step(model_output, timestep, sample, **kwargs).prev_sample

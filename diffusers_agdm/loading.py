@@ -10,6 +10,24 @@ def _local_json(name_or_path, filename: str, subfolder: str | None = None) -> di
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def check_component_folders(folder, given=()) -> None:
+    """
+    Raise a `ValueError` naming the component when `folder`'s model_index.json lists it but its subfolder is missing
+    (Diffusers would name only the pipeline's root). Components in `given` (passed to `from_pretrained`) are not
+    loaded from the folder and need none. A folder without model_index.json is left to the loader.
+    """
+    index = _local_json(folder, "model_index.json")
+    if index is None:
+        return
+    for name, entry in index.items():
+        if name.startswith("_") or name in given or not isinstance(entry, list) or len(entry) != 2:
+            continue
+        if entry[0] is not None and not Path(folder, name).is_dir():
+            raise ValueError(f"{folder} lists `{name}` ({entry[1]}) in model_index.json but has no `{name}/` folder; "
+                             f"restore it, or pass `{name}=...` (or `{name}=None` if it is optional) to "
+                             "`from_pretrained`.")
+
+
 def load_diffusion_source(name_or_path: str, **kwargs):
     """The UNet, scheduler and (if any) classifier of a diffusion pipeline folder or Hub id: one of ours, or any
     Diffusers pipeline with `unet` and `scheduler` (such as `DDPMPipeline`, e.g. google/ddpm-cifar10-32)."""
@@ -17,6 +35,8 @@ def load_diffusion_source(name_or_path: str, **kwargs):
 
     import diffusers_agdm  # noqa: F401  (registers our pipeline class)
 
+    if os.path.isdir(name_or_path):
+        check_component_folders(name_or_path, given=kwargs)
     pipe = DiffusionPipeline.from_pretrained(name_or_path, **kwargs)
     for required in ("unet", "scheduler"):
         if getattr(pipe, required, None) is None:

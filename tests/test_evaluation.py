@@ -45,7 +45,8 @@ def test_the_four_defenses_share_t_star_and_steps_and_differ_only_in_guidance():
     assert list(specs) == list(DEFENSES)
     assert specs["none"].purify_kwargs == {"guidance": "none", "guidance_scale": 0.0, "strength": 0.2,
                                            "num_inference_steps": 2}
-    assert (specs["pixel"].purify_kwargs["guidance"], specs["pixel"].purify_kwargs["guidance_scale"]) == ("pixel", 3)
+    assert (specs["pixel"].purify_kwargs["guidance"], specs["pixel"].purify_kwargs["pixel_guidance_scale"]) == (
+        "pixel", 3)
     assert (specs["latent"].purify_kwargs["guidance"], specs["latent"].purify_kwargs["guidance_scale"]) == ("latent",
                                                                                                            7)
     described = {name: spec.describe(pipe) for name, spec in specs.items()}

@@ -5,8 +5,9 @@ from dummies import dummy_images, dummy_pipeline
 
 
 def _loss(pipe, x, guidance, checkpointing=False, seed=0, with_classifier=True):
-    purified = pipe.purify(x, guidance=guidance, guidance_scale=4.0, generator=torch.Generator().manual_seed(seed),
-                           gradient_checkpointing=checkpointing)
+    scale = {} if guidance == "none" else {"pixel_guidance_scale" if guidance == "pixel" else "guidance_scale": 4.0}
+    purified = pipe.purify(x, guidance=guidance, generator=torch.Generator().manual_seed(seed),
+                           gradient_checkpointing=checkpointing, **scale)
     weights = torch.linspace(-1, 1, purified.numel(), dtype=purified.dtype).reshape(purified.shape)
     loss = (purified * weights).sum()
     if with_classifier:

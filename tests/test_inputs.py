@@ -101,3 +101,63 @@ def test_list_of_generators_makes_each_image_independent_of_the_batch(pipe):
                 output_type="pt").images
     second = pipe(x[1:], guidance="pixel", generator=[torch.Generator().manual_seed(2)], output_type="pt").images
     torch.testing.assert_close(both[1:], second)
+
+
+def test_non_finite_output_is_refused_naming_the_scale(pipe):
+    with pytest.raises(ValueError, match=r"non-finite images.*guidance scale 1e\+30 is likely too large"):
+        pipe(dummy_images(), guidance_scale=1e30, output_type="pt")
+
+
+def test_non_finite_output_is_refused_whatever_its_cause():
+    pipe = dummy_pipeline()
+    handle = pipe.unet.register_forward_hook(lambda module, args, out: type(out)(sample=out.sample * float("nan")))
+    try:
+        with pytest.raises(ValueError, match="non-finite images.*weights are corrupted"):
+            pipe(dummy_images(), guidance="none", output_type="pt")
+        with pytest.raises(ValueError, match="non-finite images"):
+            pipe.purify(dummy_images(), guidance="none")
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ([torch.rand(1, 8, 8), torch.rand(1, 16, 16)], "8x8 images, got 16x16"),
+        ([torch.rand(1, 8, 8), np.random.rand(8, 8, 1).astype(np.float32)], "one kind of image"),
+        ("digit.png", "Expected a torch.Tensor, numpy array or PIL image"),
+    ],
+)
+def test_mixed_or_unknown_inputs_raise(pipe, images, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(images, output_type="pt")
+
+
+def test_bad_generators(pipe):
+    with pytest.raises(ValueError, match="Got 0 generators for a batch of 2"):
+        pipe(dummy_images(2), generator=[], output_type="pt")
+    with pytest.raises(ValueError, match="torch.Generator"):
+        pipe(dummy_images(2), generator=0, output_type="pt")
+
+
+def test_wrong_component_classes_raise():
+    with pytest.raises(ValueError, match="`guidance` must be a GuidanceModel, got SmallImageClassifier"):
+        AdversarialGuidedPurificationPipeline(unet=dummy_unet(), scheduler=dummy_scheduler(),
+                                              guidance=dummy_classifier())
+    with pytest.raises(ValueError, match="`unet` must be a UNet2DModel"):
+        AdversarialGuidedPurificationPipeline(unet=dummy_guidance(), scheduler=dummy_scheduler())
+
+
+@pytest.mark.parametrize("name", ["PNDMScheduler", "EulerDiscreteScheduler"])
+def test_unsupported_scheduler_raises(name):
+    import diffusers
+
+    scheduler = getattr(diffusers, name)(num_train_timesteps=100)
+    with pytest.raises(ValueError, match=f"{name} cannot run purification.*DDPMScheduler or DDIMScheduler"):
+        AdversarialGuidedPurificationPipeline(unet=dummy_unet(), scheduler=scheduler)
+
+
+@pytest.mark.parametrize("value", ["false", 0, 1.0])
+def test_class_guidance_must_be_a_bool(pipe, value):
+    with pytest.raises(ValueError, match="`class_guidance` must be True or False"):
+        pipe(dummy_images(), class_guidance=value, output_type="pt")

@@ -134,3 +134,66 @@ def test_import_registers_pipeline_with_diffusers():
     import diffusers
 
     assert diffusers.AdversarialGuidedPurificationPipeline is diffusers_agdm.AdversarialGuidedPurificationPipeline
+
+
+# ---------------------------------------------------------------------------------------------------- failures
+@pytest.mark.parametrize("missing", ["classifier", "guidance", "unet"])
+@pytest.mark.parametrize("entry_point", ["pipeline", "load_pipeline", "load_diffusion_source"])
+def test_missing_component_folder_is_named(tmp_path, missing, entry_point):
+    from diffusers_agdm.loading import load_diffusion_source
+
+    dummy_pipeline().save_pretrained(tmp_path)
+    shutil.rmtree(tmp_path / missing)
+    load = {"pipeline": AdversarialGuidedPurificationPipeline.from_pretrained,
+            "load_pipeline": diffusers_agdm.load_pipeline, "load_diffusion_source": load_diffusion_source}[entry_point]
+    with pytest.raises(ValueError, match=f"lists `{missing}` .* no `{missing}/` folder"):
+        load(str(tmp_path))
+
+
+def test_missing_optional_folder_can_be_replaced_at_load(tmp_path):
+    dummy_pipeline().save_pretrained(tmp_path)
+    shutil.rmtree(tmp_path / "classifier")
+    assert AdversarialGuidedPurificationPipeline.from_pretrained(tmp_path, classifier=None).classifier is None
+
+
+def test_wrong_component_class_fails_at_load_not_at_call(tmp_path):
+    dummy_pipeline().save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["guidance"] = ["diffusers_agdm", "SmallImageClassifier"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    for entry_point in (AdversarialGuidedPurificationPipeline, DiffusionPipeline):
+        with pytest.raises(ValueError, match="`guidance` must be a GuidanceModel, got SmallImageClassifier"):
+            entry_point.from_pretrained(tmp_path)
+
+
+def _corrupt_safetensors_data(path: Path) -> None:
+    """Overwrite the tensor bytes (not the header) with 0xFF, which reads back as NaN."""
+    raw = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")
+    raw[start:] = b"\xff" * (len(raw) - start)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("component", ["unet", "guidance", "classifier"])
+def test_corrupted_weights_fail_at_load(tmp_path, component):
+    dummy_pipeline().save_pretrained(tmp_path)
+    (weights,) = (tmp_path / component).glob("*.safetensors")
+    _corrupt_safetensors_data(weights)
+    with pytest.raises(ValueError, match=f"`{component}` has non-finite weights"):
+        AdversarialGuidedPurificationPipeline.from_pretrained(tmp_path)
+
+
+def test_every_way_of_setting_the_classifier_checks_its_class_count():
+    from dummies import dummy_classifier
+
+    pipe = dummy_pipeline()
+    original = pipe.classifier
+    with pytest.raises(ValueError, match="classifier predicts 7 classes but the guidance model 4"):
+        pipe.register_modules(classifier=dummy_classifier(7))
+    with pytest.raises(ValueError, match="classifier predicts 7 classes but the guidance model 4"):
+        pipe.classifier = dummy_classifier(7)
+    assert pipe.classifier is original and pipe.config.classifier[1] == "SmallImageClassifier"
+    with pytest.raises(ValueError, match="classifier predicts 4 classes but the guidance model 9"):
+        pipe.register_modules(guidance=__import__("dummies").dummy_guidance(9))
+    pipe.register_modules(classifier=dummy_classifier(4))  # a matching one is accepted
+    assert pipe.classifier is not original

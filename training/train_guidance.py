@@ -17,6 +17,7 @@ from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_a
                                      load_training_data, parse_training_args, train_loop)
 from diffusers_agdm.training.output import save_and_push
 from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
+from diffusers_agdm.utils import sample_size
 
 
 def parse_args(argv=None):
@@ -65,7 +66,7 @@ def main(argv=None):
     t_max = args.t_max if args.t_max is not None else int(round(strength * num_train_timesteps))
     if not 0 <= t_max < num_train_timesteps:
         raise ValueError(f"--t_max must be in [0, {num_train_timesteps - 1}], got {t_max}.")
-    size = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
+    size = sample_size(unet)
 
     train_data, monitor = load_training_data(args, channels=unet.config.in_channels, size=size, what="the UNet")
     num_classes = train_data.num_classes

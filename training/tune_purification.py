@@ -101,7 +101,7 @@ def main(argv=None):
             record("latent", strength, scale, {"guidance": "latent", "guidance_scale": scale},
                    {"guidance_scale": scale})
         for scale in args.pixel_scales:
-            record("pixel", strength, scale, {"guidance": "pixel", "guidance_scale": scale},
+            record("pixel", strength, scale, {"guidance": "pixel", "pixel_guidance_scale": scale},
                    {"pixel_guidance_scale": scale})
 
     latent = choose(rows, "latent", args.min_clean)

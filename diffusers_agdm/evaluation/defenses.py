@@ -1,9 +1,11 @@
 """The four defenses an evaluation compares, all built from one pipeline and all attacked through the same code."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..settings import PurificationSettings
 
 DEFENSES = ("undefended", "none", "pixel", "latent")
 DEFENSE_TITLES = {
@@ -49,11 +51,12 @@ class UndefendedClassifier(nn.Module):
 @dataclass(frozen=True)
 class DefenseSpec:
     """
-    One defense: a name from `DEFENSES` and the purification arguments that define it (empty for `"undefended"`).
+    One defense: a name from `DEFENSES` and its resolved [`PurificationSettings`] (`None` for `"undefended"`).
+    Resolved once by [`defense_specs`]; every model built from it uses the settings as they are.
     """
 
     name: str
-    purify_kwargs: dict = field(default_factory=dict)
+    settings: PurificationSettings | None = None
 
     @property
     def purifies(self) -> bool:
@@ -64,30 +67,30 @@ class DefenseSpec:
         `num_inference_steps` replaces the defense's own (the surrogate reverse process)."""
         if not self.purifies:
             return UndefendedClassifier(pipeline)
-        kwargs = dict(self.purify_kwargs)
+        settings = self.settings
         if num_inference_steps is not None:
-            kwargs["num_inference_steps"] = num_inference_steps
-        return pipeline.defended_classifier(seed=seed, gradient_checkpointing=True, **kwargs)
+            settings = settings.replace(num_inference_steps=num_inference_steps)
+        return pipeline.defended_classifier(seed=seed, gradient_checkpointing=True, settings=settings)
 
     def describe(self, pipeline) -> dict:
-        """Every setting of the defense, resolved against the pipeline's config, with t* as the first timestep."""
+        """Every setting of the defense, with the effective t* (the first timestep of the reverse process)."""
         info = {"title": DEFENSE_TITLES[self.name]}
         if not self.purifies:
             return info
-        strength, steps, settings = pipeline.resolve_settings(**self.purify_kwargs)
-        first_timestep = int(pipeline.get_timesteps(strength, steps)[0])
+        resolved, guidance = self.settings, self.settings.guidance
         info.update(
-            guidance=settings.mode,
-            guidance_scale=float(settings.scale),
-            feature_weight=float(settings.feature_weight),
-            class_guidance=bool(settings.class_guidance),
-            guidance_target=settings.target,
-            strength=float(strength),
-            first_timestep=first_timestep,
-            num_train_timesteps=int(pipeline.scheduler.config.num_train_timesteps),
-            num_inference_steps=int(steps),
+            guidance=guidance.mode,
+            guidance_scale=float(guidance.scale),
+            feature_weight=float(guidance.feature_weight),
+            class_guidance=bool(guidance.class_guidance),
+            guidance_target=guidance.target,
+            strength=float(resolved.strength),
+            first_timestep=resolved.first_timestep,
+            timesteps=list(resolved.timesteps),
+            num_train_timesteps=int(resolved.num_train_timesteps),
+            num_inference_steps=int(resolved.num_inference_steps),
             scheduler=type(pipeline.scheduler).__name__,
-            eta=float(pipeline.config.eta),
+            eta=float(resolved.eta),
         )
         return info
 
@@ -118,7 +121,7 @@ def defense_specs(
     per_defense = {
         "undefended": None,
         "none": {"guidance": "none", "guidance_scale": 0.0},  # unguided whatever the pipeline's scale
-        "pixel": {"guidance": "pixel", "guidance_scale": pixel_guidance_scale},
+        "pixel": {"guidance": "pixel", "pixel_guidance_scale": pixel_guidance_scale},
         "latent": {"guidance": "latent", "guidance_scale": guidance_scale, "class_guidance": class_guidance,
                    "guidance_target": guidance_target},
     }
@@ -129,6 +132,5 @@ def defense_specs(
             specs.append(DefenseSpec(name))
             continue
         kwargs = {k: v for k, v in {**shared, **extra}.items() if v is not None}
-        pipeline.resolve_settings(**kwargs)  # fails early, naming the bad setting
-        specs.append(DefenseSpec(name, kwargs))
+        specs.append(DefenseSpec(name, pipeline.resolve_settings(**kwargs)))  # raises naming a bad setting
     return specs

@@ -26,8 +26,7 @@ class UnitRunner:
     def surrogate_steps(self, spec: DefenseSpec) -> int:
         if self.config.surrogate_steps is not None:
             return self.config.surrogate_steps
-        _, steps, _ = self.pipeline.resolve_settings(**spec.purify_kwargs)
-        return max(1, steps // 2)
+        return max(1, spec.settings.num_inference_steps // 2)
 
     def gradient_model(self, job: Job, spec: DefenseSpec, seed: int):
         """The model an attack differentiates: the real defense, BPDA around it, or the surrogate process."""

@@ -61,7 +61,7 @@ def settings_summary(config, plan, pipeline, specs) -> dict:
     surrogate = {}
     if "surrogate" in config.attacks:
         for d in plan.purifying:
-            _, steps, _ = pipeline.resolve_settings(**specs[d].purify_kwargs)
+            steps = specs[d].settings.num_inference_steps
             surrogate[d] = config.surrogate_steps if config.surrogate_steps is not None else max(1, steps // 2)
     return {
         "threat_model": {"norm": config.norm, "eps": config.eps, "eps_grid": plan.curve_eps()},

@@ -140,8 +140,7 @@ def _prepare(pipeline, data: LabelledImages, config: EvaluationConfig, state) ->
     for component in (pipeline.unet, pipeline.guidance, pipeline.classifier):
         if isinstance(component, torch.nn.Module):
             component.eval().requires_grad_(False)
-    size = pipeline.unet.config.sample_size
-    size = size if isinstance(size, int) else size[0]
+    size = pipeline.sample_size
     check_images_fit(data, pipeline.unet.config.in_channels, size, what="the pipeline")
     with torch.no_grad():
         num_classes = int(pipeline.classifier_logits(data.images[:1].to(state.device)).shape[-1])

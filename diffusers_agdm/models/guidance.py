@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 # The diffusers loader resolves component classes by looking up `ModelMixin` in the component's module,
-# so these names must be importable from here (see DIFFUSERS.md section 1).
+# so these names must be importable from here (Diffusers 0.42's `_get_library_or_raise` / `load_sub_model`).
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps

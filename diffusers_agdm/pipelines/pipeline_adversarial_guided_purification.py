@@ -1,6 +1,9 @@
-"""AdversarialGuidedPurificationPipeline: diffusion purification steered by an adversarially trained guidance network."""
+"""AdversarialGuidedPurificationPipeline: diffusion purification steered by an adversarially trained guidance
+network."""
 
+import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import PIL.Image
@@ -8,14 +11,20 @@ import torch
 from torch import nn
 
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..guided_step import GuidanceSettings, GuidedReverseStep, replayed_step
+from ..guided_step import GUIDANCE_MODES, GuidanceSettings, GuidedReverseStep, replayed_step
 from ..hub import push_pipeline_to_hub
+from ..loading import check_component_folders
 from ..models.guidance import GuidanceModel
+from ..settings import PurificationSettings
+from ..utils.diffusion import diffuse
+from ..utils.models import sample_size as model_sample_size
+from ..utils.schedule import check_scheduler, is_fixed_stride, scheduler_for
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -25,8 +34,8 @@ EXAMPLE_DOC_STRING = """
         >>> from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel, SmallImageClassifier
 
         >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        ...                    norm_num_groups=4, layers_per_block=1,
-        ...                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+        ...                    norm_num_groups=4, layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+        ...                    up_block_types=("UpBlock2D", "UpBlock2D"))
         >>> guidance = GuidanceModel(in_channels=1, sample_size=8, num_classes=10, block_out_channels=(8, 16),
         ...                          feature_dim=16, norm_num_groups=4)
         >>> classifier = SmallImageClassifier(in_channels=1, sample_size=8, num_classes=10, block_out_channels=(8,))
@@ -37,12 +46,14 @@ EXAMPLE_DOC_STRING = """
         ...            generator=torch.Generator().manual_seed(0), output_type="pt")
         >>> out.images.shape, out.labels.shape
         (torch.Size([2, 1, 8, 8]), torch.Size([2]))
+        >>> pipe.resolve_settings(strength=0.2, num_inference_steps=5).first_timestep  # t* = 0.2 x 1000
+        200
         ```
 """
 
 
 @dataclass
-class AdversarialPurificationPipelineOutput(BaseOutput):
+class AdversarialGuidedPurificationPipelineOutput(BaseOutput):
     """
     Output of [`AdversarialGuidedPurificationPipeline`].
 
@@ -55,6 +66,11 @@ class AdversarialPurificationPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+
+
+AdversarialPurificationPipelineOutput = AdversarialGuidedPurificationPipelineOutput  # the name before 0.2
+
+_COMPONENT_NAMES = ("unet", "scheduler", "guidance", "classifier", "feature_extractor")
 
 
 def _classifier_num_classes(classifier) -> int | None:
@@ -76,35 +92,49 @@ def _logits_of(output) -> torch.Tensor:
     return output[0]
 
 
+def _check_weights(name: str, module: nn.Module) -> None:
+    """Uninitialised (meta) or non-finite weights, caught once when a component is set rather than as NaN images."""
+    for param_name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_meta:
+            raise ValueError(f"`{name}` has uninitialised weights ({param_name}): its checkpoint does not match its "
+                             f"class {type(module).__name__}.")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"`{name}` has non-finite weights ({param_name}): its weight file is corrupted; "
+                             "re-download or re-train it.")
+
+
 class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
     r"""
     Adversarial purification with a pretrained diffusion model, steered by an adversarially trained guidance network
-    (AGDM, arXiv 2403.16067). The (possibly attacked) image is diffused to t* = `strength` x the training schedule,
-    then denoised back with `scheduler`, each step pulled towards images whose guidance-network features match the
-    input's (`guidance="latent"`). `guidance="pixel"` pulls towards the input in pixel space (GDMP-style), and
-    `guidance="none"` or `guidance_scale=0` is plain DiffPure-style purification; all three share one reverse step.
+    (AGDM, arXiv 2403.16067). The (possibly attacked) image is diffused to t* = round(`strength` x T) of the
+    training schedule, then denoised back with `scheduler`, each step pulled towards images whose guidance-network
+    features match the input's (`guidance="latent"`). `guidance="pixel"` pulls towards the input in pixel space
+    (GDMP-style), and `guidance="none"` is plain DiffPure-style purification; all three share one reverse step. The
+    method is described in the project's docs/method.md.
 
     This model inherits from [`DiffusionPipeline`]: see its documentation for the generic methods (downloading,
     saving, running on a device).
 
     Args:
         unet ([`UNet2DModel`]): The pretrained, frozen denoiser (epsilon-, v- or sample-prediction).
-        scheduler ([`SchedulerMixin`]): A scheduler with `add_noise` and `step`, such as [`DDPMScheduler`] or
-            [`DDIMScheduler`].
+        scheduler ([`SchedulerMixin`]): A [`DDPMScheduler`] or [`DDIMScheduler`] (variance-preserving, able to start
+            at any t*).
         guidance ([`GuidanceModel`], *optional*): The guidance network phi; needed for `guidance="latent"`.
         classifier (*optional*): The downstream classifier on [0, 1] images: a [`SmallImageClassifier`] or a
             `transformers` image-classification model (with `feature_extractor` for its normalisation).
         feature_extractor (*optional*): A `transformers` image processor whose `image_mean`/`image_std` (and `size`)
             the classifier expects.
-        strength, num_inference_steps, guidance_scale, guidance_mode, feature_weight, class_guidance,
-        guidance_target, eta: The purification defaults, saved in `model_index.json` so that a published pipeline
-            carries the settings it was tuned and evaluated with. Each can be overridden per call.
-        pixel_guidance_scale: The default scale of `guidance="pixel"` (the GDMP-style baseline); a pixel distance
+        strength, num_inference_steps, guidance_mode, feature_weight, class_guidance, guidance_target, eta: The
+            purification defaults, saved in `model_index.json` so that a published pipeline carries the settings it
+            was tuned and evaluated with. Each can be overridden per call.
+        guidance_scale: The default scale of `guidance="latent"` (AGDM).
+        pixel_guidance_scale: The default scale of `guidance="pixel"` (the GDMP-style baseline): a pixel distance
             needs another scale than the latent one, so the baseline keeps its own tuned value.
     """
 
     model_cpu_offload_seq = "guidance->unet->classifier"
     _optional_components = ["guidance", "classifier", "feature_extractor"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
@@ -131,94 +161,245 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
                                 pixel_guidance_scale=pixel_guidance_scale,
                                 feature_weight=feature_weight, class_guidance=class_guidance,
                                 guidance_target=guidance_target, eta=eta)
-        self._check_components()
         in_channels = unet.config.in_channels
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False, do_normalize=False,
                                                  do_convert_rgb=in_channels == 3,
                                                  do_convert_grayscale=in_channels == 1)
 
-    # ------------------------------------------------------------------ checks
-    def _check_components(self):
-        unet_cfg = self.unet.config
-        if not hasattr(self.scheduler, "add_noise") or not hasattr(self.scheduler, "alphas_cumprod"):
-            raise ValueError(f"{type(self.scheduler).__name__} has no `add_noise`/`alphas_cumprod`; purification "
-                             "needs a variance-preserving scheduler such as DDPMScheduler or DDIMScheduler.")
-        if self.guidance is not None:
-            g = self.guidance.config
-            if (g.in_channels, g.sample_size) != (unet_cfg.in_channels, self._sample_size()):
+    # ------------------------------------------------------------------ components
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """[`DiffusionPipeline.from_pretrained`], naming a component whose folder is missing from a local pipeline
+        folder. Components are checked as they are set: class, shapes, class counts and finite weights."""
+        if os.path.isdir(pretrained_model_name_or_path):
+            check_component_folders(pretrained_model_name_or_path, given=kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @property
+    def sample_size(self) -> int:
+        """The height (= width) of the images the UNet works on."""
+        return model_sample_size(self.unet)
+
+    def register_modules(self, **kwargs):
+        # Every way of setting a component (constructor, `register_modules`, assignment) is checked before it is set.
+        current = {name: self.__dict__.get(name) for name in _COMPONENT_NAMES}
+        self._check_components({**current, **kwargs}, new=kwargs)
+        self.__dict__["_registering"] = True
+        try:
+            super().register_modules(**kwargs)
+        finally:
+            self.__dict__["_registering"] = False
+
+    def __setattr__(self, name, value):
+        if name in _COMPONENT_NAMES and not self.__dict__.get("_registering", False):
+            current = {key: self.__dict__.get(key) for key in _COMPONENT_NAMES}
+            self._check_components({**current, name: value}, new={name: value})
+        super().__setattr__(name, value)
+
+    @staticmethod
+    def _check_components(components: dict, new: dict) -> None:
+        unet, scheduler, guidance, classifier = (components.get(k) for k in _COMPONENT_NAMES[:4])
+        expected = {"unet": UNet2DModel, "guidance": GuidanceModel, "classifier": nn.Module}
+        for name, cls in expected.items():
+            value = components.get(name)
+            if value is not None and not isinstance(value, cls):
+                raise ValueError(f"`{name}` must be a {cls.__name__}, got {type(value).__name__}; check the class "
+                                 f"model_index.json names for `{name}`.")
+        if isinstance(classifier, GuidanceModel):
+            raise ValueError("`classifier` is a GuidanceModel; the downstream classifier takes [0, 1] images only "
+                             "(e.g. a SmallImageClassifier).")
+        if scheduler is not None:
+            check_scheduler(scheduler)
+        if unet is not None and guidance is not None:
+            g, size = guidance.config, model_sample_size(unet)
+            if (g.in_channels, g.sample_size) != (unet.config.in_channels, size):
                 raise ValueError(f"The guidance model sees {g.in_channels}x{g.sample_size}x{g.sample_size} images "
-                                 f"but the UNet works on {unet_cfg.in_channels}x{self._sample_size()}x"
-                                 f"{self._sample_size()}.")
-        if self.classifier is not None and self.guidance is not None:
-            n_clf, n_guid = _classifier_num_classes(self.classifier), self.guidance.config.num_classes
+                                 f"but the UNet works on {unet.config.in_channels}x{size}x{size}.")
+        if classifier is not None and guidance is not None:
+            n_clf, n_guid = _classifier_num_classes(classifier), guidance.config.num_classes
             if n_clf is not None and n_clf != n_guid:
                 raise ValueError(f"The classifier predicts {n_clf} classes but the guidance model {n_guid}; their "
                                  "labels must match.")
+        for name, value in new.items():
+            if isinstance(value, nn.Module):
+                _check_weights(name, value)
 
-    def _sample_size(self) -> int:
-        size = self.unet.config.sample_size
-        return size if isinstance(size, int) else size[0]
+    # ------------------------------------------------------------------ settings and checks
+    def resolve_settings(
+        self,
+        strength: float | None = None,
+        num_inference_steps: int | None = None,
+        guidance: str | None = None,
+        guidance_scale: float | None = None,
+        pixel_guidance_scale: float | None = None,
+        feature_weight: float | None = None,
+        class_guidance: bool | None = None,
+        guidance_target: str | None = None,
+        eta: float | None = None,
+    ) -> PurificationSettings:
+        """
+        Fill unset purification arguments from the pipeline's config, validate them all, and compute the reverse
+        timesteps (without touching the scheduler). The result is what `purify(settings=...)` and
+        `defended_classifier(settings=...)` run.
+
+        `guidance_scale` is the latent (AGDM) scale and `pixel_guidance_scale` the pixel baseline's; each mode
+        defaults to its own tuned config value, and a scale given for another mode is an error. `guidance="none"`
+        is unguided whatever the scale.
+        """
+        cfg = self.config
+        mode = cfg.guidance_mode if guidance is None else guidance
+        if mode not in GUIDANCE_MODES:
+            raise ValueError(f"Unknown guidance {mode!r}; choose one of {GUIDANCE_MODES}.")
+        if mode == "pixel" and guidance_scale is not None:
+            raise ValueError("`guidance_scale` is the latent guidance scale; for guidance='pixel' pass "
+                             f"`pixel_guidance_scale` (this pipeline's default: {cfg.pixel_guidance_scale:g}).")
+        if mode == "latent" and pixel_guidance_scale is not None:
+            raise ValueError("`pixel_guidance_scale` applies to guidance='pixel' only; for guidance='latent' pass "
+                             f"`guidance_scale` (this pipeline's default: {cfg.guidance_scale:g}).")
+        if mode == "none":
+            scale = 0.0
+        elif mode == "pixel":
+            scale = cfg.pixel_guidance_scale if pixel_guidance_scale is None else pixel_guidance_scale
+        else:
+            scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
+        guidance_settings = GuidanceSettings(
+            mode=mode,
+            scale=scale,
+            feature_weight=cfg.feature_weight if feature_weight is None else feature_weight,
+            class_guidance=cfg.class_guidance if class_guidance is None else class_guidance,
+            target=cfg.guidance_target if guidance_target is None else guidance_target,
+        )
+        guidance_settings.validate(has_guidance_model=self.guidance is not None)
+        return PurificationSettings(
+            strength=cfg.strength if strength is None else strength,
+            num_inference_steps=cfg.num_inference_steps if num_inference_steps is None else num_inference_steps,
+            guidance=guidance_settings,
+            num_train_timesteps=self.scheduler.config.num_train_timesteps,
+            fixed_stride=is_fixed_stride(self.scheduler),
+            eta=cfg.eta if eta is None else eta,
+        )
+
+    def check_settings(self, settings: PurificationSettings) -> None:
+        """Raise a `ValueError` unless `settings` can run on this pipeline (its schedule, its guidance model)."""
+        if not isinstance(settings, PurificationSettings):
+            raise ValueError(f"`settings` must be a PurificationSettings (from `pipe.resolve_settings(...)`), got "
+                             f"{type(settings).__name__}.")
+        total = self.scheduler.config.num_train_timesteps
+        if settings.num_train_timesteps != total or settings.fixed_stride != is_fixed_stride(self.scheduler):
+            raise ValueError(f"These settings were resolved for another schedule ({settings.num_train_timesteps} "
+                             f"timesteps, fixed_stride={settings.fixed_stride}); this pipeline's "
+                             f"{type(self.scheduler).__name__} has {total}. Resolve them with this pipeline.")
+        settings.guidance.validate(has_guidance_model=self.guidance is not None)
+
+    def check_inputs(
+        self,
+        image,
+        settings: PurificationSettings,
+        generator=None,
+        output_type: str = "pt",
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        """Every check on a call's inputs, before any work: the images (any form `__call__` takes), the settings,
+        the generators, the output type, the callback's tensor inputs and gradient checkpointing."""
+        batch_size = self._check_images(image)
+        self.check_settings(settings)
+        if isinstance(generator, list):
+            if len(generator) != batch_size:
+                raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size} images.")
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError("`generator` must be a torch.Generator or a list of them.")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError("`generator` must be a torch.Generator or a list of them, got "
+                             f"{type(generator).__name__}.")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, "
+                                 f"but found {unknown}.")
+        if gradient_checkpointing and not isinstance(self.scheduler, (DDPMScheduler, DDIMScheduler)):
+            raise ValueError(f"Per-step gradient checkpointing replays scheduler steps, which needs a stateless "
+                             f"scheduler (DDPMScheduler, DDIMScheduler), not {type(self.scheduler).__name__}.")
+
+    def _check_images(self, image) -> int:
+        """Validate images in any accepted form; return the batch size."""
+        if isinstance(image, (list, tuple)):
+            if len(image) == 0:
+                raise ValueError("The image batch is empty.")
+            kinds = {type(item).__name__ if not isinstance(item, PIL.Image.Image) else "PIL.Image" for item in image}
+            if len(kinds) > 1:
+                raise ValueError(f"A list of images must hold one kind of image, got a mix of {sorted(kinds)}.")
+            return sum(self._check_image_item(item, in_list=True) for item in image)
+        return self._check_image_item(image, in_list=False)
+
+    def _check_image_item(self, item, in_list: bool) -> int:
+        channels, size = self.unet.config.in_channels, self.sample_size
+        if isinstance(item, PIL.Image.Image):
+            if item.size != (size, size):
+                raise ValueError(f"The UNet expects {size}x{size} images, got {item.size[0]}x{item.size[1]}.")
+            return 1
+        if isinstance(item, np.ndarray):
+            if not np.issubdtype(item.dtype, np.floating):
+                raise ValueError(f"numpy images must be floating point in [0, 1], got dtype {item.dtype}.")
+            if item.ndim not in (3, 4):
+                raise ValueError(f"numpy images must have shape (batch, height, width, channels) or (height, width, "
+                                 f"channels), got {item.shape}.")
+            batch, (height, width, got_channels) = (1 if item.ndim == 3 else item.shape[0]), item.shape[-3:]
+            values = torch.from_numpy(np.ascontiguousarray(item))
+        elif torch.is_tensor(item):
+            if not item.is_floating_point():
+                raise ValueError(f"Images must be floating point in [0, 1], got dtype {item.dtype}.")
+            if item.ndim not in (3, 4):
+                raise ValueError(f"Images must have shape (batch, channels, height, width) or (channels, height, "
+                                 f"width), got {tuple(item.shape)}.")
+            batch, (got_channels, height, width) = (1 if item.ndim == 3 else item.shape[0]), item.shape[-3:]
+            values = item
+        else:
+            raise ValueError(f"Expected a torch.Tensor, numpy array or PIL image (or a list of them), got "
+                             f"{type(item).__name__}.")
+        if batch == 0:
+            raise ValueError("The image batch is empty.")
+        if got_channels != channels:
+            raise ValueError(f"The UNet expects {channels}-channel images, got {got_channels} channels.")
+        if (height, width) != (size, size):
+            raise ValueError(f"The UNet expects {size}x{size} images, got {height}x{width}.")
+        values = values.detach()
+        if not torch.isfinite(values).all():
+            raise ValueError("Images contain NaN or inf values.")
+        lo, hi = values.min().item(), values.max().item()
+        if lo < 0 or hi > 1:
+            raise ValueError(f"Images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}].")
+        return batch
 
     def check_images(self, images: torch.Tensor) -> None:
         """Raise a `ValueError` naming the problem unless `images` is a (B, C, H, W) float batch in [0, 1]."""
         if not torch.is_tensor(images):
             raise ValueError(f"Expected a torch.Tensor batch, got {type(images).__name__}.")
-        if not images.is_floating_point():
-            raise ValueError(f"Images must be floating point in [0, 1], got dtype {images.dtype}.")
         if images.ndim != 4:
             raise ValueError(f"Images must have shape (batch, channels, height, width), got {tuple(images.shape)}.")
-        if images.shape[0] == 0:
-            raise ValueError("The image batch is empty.")
-        channels, size = self.unet.config.in_channels, self._sample_size()
-        if images.shape[1] != channels:
-            raise ValueError(f"The UNet expects {channels}-channel images, got {images.shape[1]} channels.")
-        if tuple(images.shape[2:]) != (size, size):
-            raise ValueError(f"The UNet expects {size}x{size} images, got {images.shape[2]}x{images.shape[3]}.")
-        if not torch.isfinite(images).all():
-            raise ValueError("Images contain NaN or inf values.")
-        lo, hi = images.min().item(), images.max().item()
-        if lo < 0 or hi > 1:
-            raise ValueError(f"Images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}].")
-
-    def resolve_settings(self, strength=None, num_inference_steps=None, guidance=None, guidance_scale=None,
-                         feature_weight=None, class_guidance=None, guidance_target=None):
-        """Fill unset purification arguments from the pipeline's config and validate them all."""
-        cfg = self.config
-        strength = cfg.strength if strength is None else strength
-        num_inference_steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
-        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"`strength` must be in (0, 1], got {strength!r}.")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
-        mode = cfg.guidance_mode if guidance is None else guidance
-        if guidance_scale is None:
-            guidance_scale = cfg.get("pixel_guidance_scale", cfg.guidance_scale) if mode == "pixel" \
-                else cfg.guidance_scale
-        settings = GuidanceSettings(
-            mode=mode,
-            scale=guidance_scale,
-            feature_weight=cfg.feature_weight if feature_weight is None else feature_weight,
-            class_guidance=cfg.class_guidance if class_guidance is None else class_guidance,
-            target=cfg.guidance_target if guidance_target is None else guidance_target,
-        )
-        settings.validate(has_guidance_model=self.guidance is not None)
-        return strength, num_inference_steps, settings
+        self._check_image_item(images, in_list=False)
 
     # ------------------------------------------------------------------ schedule
     def get_timesteps(self, strength: float, num_inference_steps: int, device=None) -> torch.Tensor:
         """
-        The reverse-process timesteps: `num_inference_steps` steps spread evenly over [0, t*], t* = `strength` x
-        `num_train_timesteps` (the img2img convention, so `strength=0.1, num_inference_steps=100` on a 1000-step
-        DDPM is DiffPure's full chain from t = 99). Returns them highest first; x is noised to the first one.
+        The reverse-process timesteps, highest first: `num_inference_steps` of them starting at t* =
+        round(`strength` x `num_train_timesteps`) whatever the number of steps (unlike img2img, which runs
+        int(`num_inference_steps` x `strength`) steps of a full schedule). `strength=0.1, num_inference_steps=100`
+        on a 1000-step DDPM starts at t = 100; more steps than t* + 1 is a `ValueError`. The input is diffused to
+        the first timestep. Computed without touching the scheduler; see
+        [`~diffusers_agdm.utils.schedule.purification_timesteps`] for how DDIM's fixed stride is honoured.
         """
-        total = max(int(round(num_inference_steps / strength)), num_inference_steps)
-        total = min(total, self.scheduler.config.num_train_timesteps)
-        self.scheduler.set_timesteps(total, device=device)
-        order = getattr(self.scheduler, "order", 1)
-        start = max(total - num_inference_steps, 0) * order
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(start)
-        return self.scheduler.timesteps[start:]
+        settings = self.resolve_settings(strength=strength, num_inference_steps=num_inference_steps,
+                                         guidance="none")
+        return torch.tensor(settings.timesteps, device=device)
+
+    def prepare_latents(self, reference: torch.Tensor, first_timestep: int, generator=None):
+        """x_{t*}: the images (in [-1, 1]) diffused to `first_timestep` with fresh noise from `generator`. Returns the
+        latents and that starting noise (the diffused guidance reference x'_t reuses it)."""
+        noise = randn_tensor(reference.shape, generator=generator, device=reference.device, dtype=reference.dtype)
+        return diffuse(reference, noise, self.scheduler.alphas_cumprod, first_timestep), noise
 
     @staticmethod
     def _draw_step_seeds(generator, num_steps: int, batch_size: int) -> torch.Tensor:
@@ -227,8 +408,6 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         if generator is None:
             return torch.randint(0, high, (num_steps, 1))
         if isinstance(generator, list):
-            if len(generator) != batch_size:
-                raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size} images.")
             return torch.stack([torch.randint(0, high, (num_steps,), generator=g, device=g.device).cpu()
                                 for g in generator], dim=1)
         return torch.randint(0, high, (num_steps, 1), generator=generator, device=generator.device).cpu()
@@ -242,16 +421,12 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
     def purify(
         self,
         images: torch.Tensor,
-        strength: float | None = None,
-        num_inference_steps: int | None = None,
-        guidance: str | None = None,
-        guidance_scale: float | None = None,
-        feature_weight: float | None = None,
-        class_guidance: bool | None = None,
-        guidance_target: str | None = None,
+        settings: PurificationSettings | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         gradient_checkpointing: bool = False,
         show_progress_bar: bool = False,
+        callback: Callable | None = None,
+        **overrides,
     ) -> torch.Tensor:
         r"""
         Purify a batch of images: diffuse to t*, then run the (guided) reverse process. Differentiable end to end
@@ -260,46 +435,48 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
 
         Args:
             images (`torch.Tensor` of shape `(B, C, H, W)`): Images in [0, 1] (the attacker's space).
-            strength (`float`, *optional*): t* as a fraction of the training schedule, in (0, 1].
-            num_inference_steps (`int`, *optional*): Reverse steps from t* to 0.
-            guidance (`str`, *optional*): `"latent"`, `"pixel"` or `"none"`.
-            guidance_scale (`float`, *optional*): The guidance scale s (0 = unguided).
-            feature_weight (`float`, *optional*): lambda, the weight of the distance term.
-            class_guidance (`bool`, *optional*): Add the class term log p_phi(y_hat | x_t) (latent mode).
-            guidance_target (`str`, *optional*): x'_t is the input `"diffused"` to t, or the `"input"` itself.
+            settings ([`PurificationSettings`], *optional*): From `pipe.resolve_settings(...)`, used as is. Without
+                it, `overrides` are resolved against the pipeline's config (once, here).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): Makes purification deterministic.
+                The starting noise is drawn first, then one seed per reverse step.
             gradient_checkpointing (`bool`, defaults to `False`): Recompute each reverse step in the backward pass,
                 replaying the same noise, so the memory of an exact gradient does not grow with the number of steps.
-                Gradients then flow to the inputs (images), not to model parameters. Needs a scheduler whose `step`
-                keeps no state between calls (DDPM, DDIM).
+                Gradients then flow to the inputs (images), not to model parameters. Needs DDPM or DDIM.
             show_progress_bar (`bool`, defaults to `False`): Show a progress bar over the reverse steps.
+            callback (`Callable`, *optional*): Called after every reverse step as `callback(pipe, i, t,
+                {"latents": x})` with x in [-1, 1]; a returned dict with `"latents"` replaces them.
+            overrides: `strength`, `num_inference_steps`, `guidance`, `guidance_scale`, `pixel_guidance_scale`,
+                `feature_weight`, `class_guidance`, `guidance_target`, `eta`: see [`resolve_settings`].
 
         Returns:
             `torch.Tensor`: The purified images in [0, 1], same shape as `images`.
         """
-        strength, num_inference_steps, settings = self.resolve_settings(
-            strength, num_inference_steps, guidance, guidance_scale, feature_weight, class_guidance, guidance_target)
-        self.check_images(images)
-        if gradient_checkpointing and not isinstance(self.scheduler, (DDPMScheduler, DDIMScheduler)):
-            raise ValueError(f"Per-step gradient checkpointing replays scheduler steps, which needs a stateless "
-                             f"scheduler (DDPMScheduler, DDIMScheduler), not {type(self.scheduler).__name__}.")
-        device = self._execution_device
-        dtype = self.unet.dtype
-        reference = (images.to(device=device, dtype=dtype) * 2 - 1)
+        if settings is None:
+            settings = self.resolve_settings(**overrides)
+        elif overrides:
+            raise ValueError(f"Pass either `settings` or overrides ({', '.join(sorted(overrides))}), not both; "
+                             "`settings.replace(...)` makes a modified copy.")
+        if not torch.is_tensor(images) or images.ndim != 4:
+            self.check_images(images)  # raises, naming what is wrong
+        self.check_inputs(images, settings, generator=generator, gradient_checkpointing=gradient_checkpointing)
+        device, dtype = self._execution_device, self.unet.dtype
+        reference = images.to(device=device, dtype=dtype) * 2 - 1
+        timesteps = torch.tensor(settings.timesteps, device=device)
+        scheduler = scheduler_for(self.scheduler, settings.timesteps, device=device)
 
-        timesteps = self.get_timesteps(strength, num_inference_steps, device=device)
-        start_noise = randn_tensor(reference.shape, generator=generator, device=device, dtype=dtype)
+        sample, start_noise = self.prepare_latents(reference, settings.first_timestep, generator)
         step_seeds = self._draw_step_seeds(generator, len(timesteps), reference.shape[0])
         generator_device = generator[0].device if isinstance(generator, list) else (
             generator.device if generator is not None else torch.device("cpu"))
-        sample = self.scheduler.add_noise(reference, start_noise, timesteps[:1].repeat(reference.shape[0]))
 
+        guidance = settings.guidance
         target_label = None
-        if settings.active and settings.mode == "latent" and settings.class_guidance:
+        if guidance.active and guidance.mode == "latent" and guidance.class_guidance:
             with torch.no_grad():  # y_hat is a discrete choice: nothing to differentiate
                 target_label = self.guidance(reference, torch.zeros_like(timesteps[:1])).logits.argmax(-1)
 
-        step = GuidedReverseStep(self.unet, self.scheduler, self.guidance, settings, eta=self.config.eta)
+        step = GuidedReverseStep(self.unet, scheduler, self.guidance, guidance, eta=settings.eta,
+                                 timesteps=settings.timesteps)
         iterator = self.progress_bar(timesteps) if show_progress_bar else timesteps
         for i, t in enumerate(iterator):
             if gradient_checkpointing and torch.is_grad_enabled():
@@ -308,6 +485,13 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             else:
                 sample = step(sample, t, reference, start_noise, target_label,
                               self._step_generator(step_seeds[i], generator_device))
+            if callback is not None:
+                sample = (callback(self, i, t, {"latents": sample}) or {}).get("latents", sample)
+        if not torch.isfinite(sample).all():
+            cause = (f"the guidance scale {guidance.scale:g} is likely too large for this model"
+                     if guidance.active else "the model's outputs are not finite")
+            raise ValueError(f"Purification produced non-finite images (NaN or inf): {cause}, or its weights are "
+                             "corrupted. Refusing to return them.")
         return ((sample + 1) / 2).clamp(0, 1)
 
     def _replayable(self, step, t, target_label, seeds, generator_device):
@@ -340,53 +524,41 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         return _logits_of(self.classifier(pixel_values))
 
     @torch.no_grad()
-    def classify(self, image, **kwargs) -> AdversarialPurificationPipelineOutput:
+    def classify(self, image, **kwargs) -> AdversarialGuidedPurificationPipelineOutput:
         """Purify `image` (any input `__call__` takes) and classify the result; `.labels` holds the predictions."""
         if self.classifier is None:
             raise ValueError("`classify` needs a classifier; this pipeline has none.")
         kwargs.setdefault("output_type", "pt")
         return self(image, **kwargs)
 
-    def defended_classifier(self, seed: int | None = 0, gradient_checkpointing: bool = True, **purify_kwargs):
+    def defended_classifier(self, seed: int | None = 0, gradient_checkpointing: bool = True,
+                            settings: PurificationSettings | None = None, **overrides):
         """
         The whole defense as a plain `torch.nn.Module` mapping [0, 1] images to the classifier's logits, for
-        torchattacks, AutoAttack and RobustBench-style code. Every call purifies with fresh noise from the module's
-        own generator (seeded with `seed`), so attacks see the real stochastic defense; gradients are exact.
+        torchattacks, AutoAttack and RobustBench-style code. Its settings are resolved once, here (or `settings` is
+        used as is), and held by the module. Every call purifies with fresh noise from the module's own generator
+        (seeded with `seed`), so attacks see the real stochastic defense; gradients are exact.
         """
         from .defended_classifier import PurifiedClassifier
 
         if self.classifier is None:
             raise ValueError("`defended_classifier` needs a classifier; this pipeline has none.")
-        self.resolve_settings(**{k: v for k, v in purify_kwargs.items() if k in (
-            "strength", "num_inference_steps", "guidance", "guidance_scale", "feature_weight", "class_guidance",
-            "guidance_target")})
-        return PurifiedClassifier(self, seed=seed, gradient_checkpointing=gradient_checkpointing, **purify_kwargs)
+        return PurifiedClassifier(self, seed=seed, gradient_checkpointing=gradient_checkpointing, settings=settings,
+                                  **overrides)
 
     # ------------------------------------------------------------------ the user-facing call
     def prepare_images(self, image) -> torch.Tensor:
-        """Turn PIL images, numpy arrays (BHWC) or tensors (BCHW) in [0, 1] into a validated [0, 1] tensor batch."""
-        if isinstance(image, (list, tuple)) and len(image) == 0:
-            raise ValueError("The image batch is empty.")
-        arrays = image if isinstance(image, (list, tuple)) else [image]
-        for item in arrays:
-            if isinstance(item, np.ndarray) and not np.issubdtype(item.dtype, np.floating):
-                raise ValueError(f"numpy images must be floating point in [0, 1], got dtype {item.dtype}.")
-            if torch.is_tensor(item) and not item.is_floating_point():
-                raise ValueError(f"Images must be floating point in [0, 1], got dtype {item.dtype}.")
-            if isinstance(item, np.ndarray) and item.size and (not np.isfinite(item).all()):
-                raise ValueError("Images contain NaN or inf values.")
-            if isinstance(item, np.ndarray) and item.size and (item.min() < 0 or item.max() > 1):
-                raise ValueError(f"Images must lie in [0, 1], got values in [{item.min():.3g}, {item.max():.3g}].")
-            if isinstance(item, np.ndarray) and item.ndim >= 1 and item.shape[0] == 0:
-                raise ValueError("The image batch is empty.")
+        """Turn PIL images, numpy arrays (BHWC) or tensors (BCHW) in [0, 1] into one validated [0, 1] tensor batch."""
+        self._check_images(image)
+        return self._to_tensor(image)
+
+    def _to_tensor(self, image) -> torch.Tensor:
         if torch.is_tensor(image):
-            images = image[None] if image.ndim == 3 else image
-        else:
-            images = self.image_processor.preprocess(image)
-        self.check_images(images)
-        return images
+            return image[None] if image.ndim == 3 else image
+        return self.image_processor.preprocess(image)
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image,
@@ -400,7 +572,11 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-    ) -> AdversarialPurificationPipelineOutput | tuple:
+        pixel_guidance_scale: float | None = None,
+        settings: PurificationSettings | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> AdversarialGuidedPurificationPipelineOutput | tuple:
         r"""
         Purify (and, with a classifier, classify) possibly attacked images.
 
@@ -408,41 +584,68 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them): Images in [0, 1]
                 (numpy `(B, H, W, C)`, torch `(B, C, H, W)`), of the UNet's size and channels.
             strength (`float`, *optional*, defaults to `pipe.config.strength`): t* as a fraction of the training
-                schedule, in (0, 1]. Larger removes stronger perturbations and more of the image's detail.
-            num_inference_steps (`int`, *optional*, defaults to `pipe.config.num_inference_steps`): Reverse steps.
-            guidance_scale (`float`, *optional*, defaults to `pipe.config.guidance_scale`): 0 = unguided.
+                schedule, in (0, 1]: the reverse process starts at round(strength x T). Larger removes stronger
+                perturbations and more of the image's detail.
+            num_inference_steps (`int`, *optional*, defaults to `pipe.config.num_inference_steps`): Reverse steps
+                from t* to 0 (at most t* + 1).
+            guidance_scale (`float`, *optional*, defaults to `pipe.config.guidance_scale`): The latent (AGDM)
+                guidance scale; 0 = unguided. Not for `guidance="pixel"`, which takes `pixel_guidance_scale`.
             guidance (`str`, *optional*, defaults to `pipe.config.guidance_mode`): `"latent"` (AGDM), `"pixel"`
                 (GDMP-style) or `"none"` (DiffPure-style).
-            feature_weight, class_guidance, guidance_target: See [`~AdversarialGuidedPurificationPipeline.purify`].
-            generator (`torch.Generator`, *optional*): For deterministic purification.
+            feature_weight, class_guidance, guidance_target: See [`~PurificationSettings`] and docs/method.md.
+            generator (`torch.Generator` or a list of them, *optional*): For deterministic purification.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
-            return_dict (`bool`, defaults to `True`): Return an [`AdversarialPurificationPipelineOutput`] or a tuple.
+            return_dict (`bool`, defaults to `True`): Return an [`AdversarialGuidedPurificationPipelineOutput`] or a
+                tuple.
+            pixel_guidance_scale (`float`, *optional*, defaults to `pipe.config.pixel_guidance_scale`): The scale of
+                `guidance="pixel"`.
+            settings ([`PurificationSettings`], *optional*): Resolved settings (`pipe.resolve_settings(...)`), used
+                as is instead of the arguments above.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): Called
+                after every reverse step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`,
+                where `callback_kwargs` holds the tensors named in `callback_on_step_end_tensor_inputs`; a returned
+                dict may replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`): Which tensors
+                the callback gets; `"latents"` is the current x_t, in [-1, 1].
+
+        Examples:
 
         Returns:
-            [`AdversarialPurificationPipelineOutput`] or `tuple`: purified images, plus logits and labels when the
-            pipeline has a classifier.
+            [`AdversarialGuidedPurificationPipelineOutput`] or `tuple`: purified images, plus logits and labels when
+            the pipeline has a classifier.
         """
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        images = self.prepare_images(image)
-        purified = self.purify(images, strength=strength, num_inference_steps=num_inference_steps,
-                               guidance=guidance, guidance_scale=guidance_scale, feature_weight=feature_weight,
-                               class_guidance=class_guidance, guidance_target=guidance_target, generator=generator,
-                               show_progress_bar=True)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        overrides = {k: v for k, v in dict(
+            strength=strength, num_inference_steps=num_inference_steps, guidance=guidance,
+            guidance_scale=guidance_scale, pixel_guidance_scale=pixel_guidance_scale, feature_weight=feature_weight,
+            class_guidance=class_guidance, guidance_target=guidance_target).items() if v is not None}
+        if settings is None:
+            settings = self.resolve_settings(**overrides)
+        elif overrides:
+            raise ValueError(f"Pass either `settings` or purification arguments ({', '.join(sorted(overrides))}), "
+                             "not both.")
+        self.check_inputs(image, settings, generator=generator, output_type=output_type,
+                          callback_on_step_end_tensor_inputs=tensor_inputs)
+        images = self._to_tensor(image)  # checked above
+
+        callback = None
+        if callback_on_step_end is not None:
+            def callback(pipe, i, t, tensors):
+                return callback_on_step_end(pipe, i, t, {k: tensors[k] for k in tensor_inputs})
+
+        purified = self.purify(images, settings=settings, generator=generator, show_progress_bar=True,
+                               callback=callback)
         logits = labels = None
         if self.classifier is not None:
             logits = self.classifier_logits(purified)
             labels = logits.argmax(-1)
         self.maybe_free_model_hooks()
-        if output_type == "pt":
-            out_images = purified
-        else:
-            out_images = purified.cpu().permute(0, 2, 3, 1).float().numpy()
-            if output_type == "pil":
-                out_images = self.numpy_to_pil(out_images)
+        out_images = self.image_processor.postprocess(purified, output_type=output_type)
         if not return_dict:
             return (out_images,) if logits is None else (out_images, logits, labels)
-        return AdversarialPurificationPipelineOutput(images=out_images, logits=logits, labels=labels)
+        return AdversarialGuidedPurificationPipelineOutput(images=out_images, logits=logits, labels=labels)
 
     # ------------------------------------------------------------------ Hub
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,

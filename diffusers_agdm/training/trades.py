@@ -1,4 +1,4 @@
-"""The adversarial loss of the guidance network: TRADES on diffused inputs (AGDM.md section 3).
+"""The adversarial loss of the guidance network: TRADES on diffused inputs (docs/method.md).
 
     L(phi) = CE(f_phi(x_t, t), y) + beta * KL( softmax f_phi(x_t, t) || softmax f_phi(x~_t, t) )
              [+ lambda_f * || h_phi(x~_t, t) - h_phi(x_t, t) ||^2]
@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.pgd import ascent_direction, project
+from ..utils.diffusion import diffuse as forward_diffusion
 
 
 def diffuse(images01: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
     """The forward process x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps, for [0, 1] images (mapped to [-1, 1])."""
-    abar = alphas_cumprod.to(images01.device)[timesteps].to(images01.dtype).reshape(-1, 1, 1, 1)
-    return abar.sqrt() * (images01 * 2 - 1) + (1 - abar).sqrt() * noise
+    return forward_diffusion(images01 * 2 - 1, noise, alphas_cumprod, timesteps)
 
 
 def _kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
