@@ -2,16 +2,49 @@
 named as in Diffusers' own training examples."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Callable
+
+from diffusers.optimization import SchedulerType
+
+from .argtypes import check_existing_dir, check_output_dir, finite, int_at_least
+from .checkpoints import resolve_resume, resume_problems
 
 
-def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:
-    """Parse, and remember how the script was called so the model card can record the command."""
+def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None, script: str,
+                        check: Callable[[argparse.Namespace], None] | None = None) -> argparse.Namespace:
+    """Parse and check every argument, path and output location (the script's own `check` too) before any model is
+    loaded: a problem ends the script with one line and exit status 2. Remember how the script was called so the
+    model card can record the command."""
     args = parser.parse_args(argv)
+    try:
+        check_training_args(args)
+        if check is not None:
+            check(args)
+    except ValueError as err:
+        parser.error(str(err))
     args.script = Path(script).name
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    """The checks every training script shares (raise `ValueError`): where the output goes, the data source, and the
+    checkpoint to resume from."""
+    check_output_dir("--output_dir", args.output_dir)
+    if getattr(args, "train_data_dir", None) is not None:
+        check_existing_dir("--train_data_dir", args.train_data_dir)
+    elif hasattr(args, "dataset_name") and not args.dataset_name:
+        raise ValueError("Give --dataset_name (a built-in or a Hub dataset id) or --train_data_dir.")
+    if args.resume_from_checkpoint:
+        checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir, announce=lambda _: None)
+        if checkpoint is not None and not args.allow_inexact_resume:
+            problems = resume_problems(checkpoint, int(os.environ.get("WORLD_SIZE", "1")))
+            if problems:
+                raise ValueError(f"Resuming from {checkpoint} would not be exact: {'; '.join(problems)}. Resume from "
+                                 "another checkpoint, or pass --allow_inexact_resume to continue anyway.")
 
 
 def dataset_label(args: argparse.Namespace) -> str:
@@ -22,40 +55,44 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
                       learning_rate: float = 1e-3, use_ema: bool = True, checkpointing_steps: int = 500) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--output_dir", type=str, required=True, help="Where the result and the checkpoints go.")
-    g.add_argument("--seed", type=int, default=0, help="Seed of every random draw; same seed, same result on CPU.")
-    g.add_argument("--train_batch_size", type=int, default=batch_size, help="Batch size per process.")
-    g.add_argument("--max_train_steps", type=int, default=max_train_steps, help="Optimizer steps in total.")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=learning_rate)
-    g.add_argument("--lr_scheduler", type=str, default="cosine",
+    g.add_argument("--seed", type=int_at_least(0), default=0, help="Seed of every random draw; same seed, same result on CPU.")
+    g.add_argument("--train_batch_size", type=int_at_least(1), default=batch_size, help="Batch size per process.")
+    g.add_argument("--max_train_steps", type=int_at_least(1), default=max_train_steps, help="Optimizer steps in total.")
+    g.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
+    g.add_argument("--learning_rate", type=finite(0, inclusive_min=False), default=learning_rate)
+    g.add_argument("--lr_scheduler", type=str, default="cosine", choices=[t.value for t in SchedulerType],
                    help='From diffusers.optimization: "linear", "cosine", "constant", "constant_with_warmup", ...')
-    g.add_argument("--lr_warmup_steps", type=int, default=50)
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=1e-4)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--lr_warmup_steps", type=int_at_least(0), default=50)
+    g.add_argument("--adam_beta1", type=finite(0, 1), default=0.9)
+    g.add_argument("--adam_beta2", type=finite(0, 1), default=0.999)
+    g.add_argument("--adam_weight_decay", type=finite(0), default=1e-4)
+    g.add_argument("--adam_epsilon", type=finite(0, inclusive_min=False), default=1e-8)
+    g.add_argument("--max_grad_norm", type=finite(0), default=1.0)
     g.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
     g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=use_ema,
                    help="Keep an exponential moving average of the weights; the saved model uses it.")
-    g.add_argument("--ema_inv_gamma", type=float, default=1.0)
-    g.add_argument("--ema_power", type=float, default=3 / 4)
-    g.add_argument("--ema_max_decay", type=float, default=0.999)
-    g.add_argument("--checkpointing_steps", type=int, default=checkpointing_steps,
+    g.add_argument("--ema_inv_gamma", type=finite(0, inclusive_min=False), default=1.0)
+    g.add_argument("--ema_power", type=finite(0, inclusive_min=False), default=3 / 4)
+    g.add_argument("--ema_max_decay", type=finite(0, 1), default=0.999)
+    g.add_argument("--checkpointing_steps", type=int_at_least(1), default=checkpointing_steps,
                    help="Save the full training state (accelerate `save_state`) every N steps.")
-    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep at most this many checkpoints.")
+    g.add_argument("--checkpoints_total_limit", type=int_at_least(1), default=2, help="Keep at most this many checkpoints.")
     g.add_argument("--resume_from_checkpoint", type=str, default=None,
-                   help='A checkpoint folder, or "latest" for the newest one in --output_dir.')
-    g.add_argument("--stop_after_steps", type=int, default=None,
+                   help='A checkpoint folder, or "latest" for the newest complete one in --output_dir.')
+    g.add_argument("--allow_inexact_resume", action="store_true",
+                   help="Resume even when a checkpoint's RNG states are missing or unreadable (or the number of "
+                        "processes changed); the run then continues with a loud warning that it is no longer exact. "
+                        "Without it, that is an error.")
+    g.add_argument("--stop_after_steps", type=int_at_least(1), default=None,
                    help="End this invocation once the run reaches this step, after saving a checkpoint (for jobs "
                         "with a time limit); continue later with --resume_from_checkpoint latest.")
     g.add_argument("--report_to", type=str, default="tensorboard",
                    help='"tensorboard", "wandb", "all" or "none" (logs go to <output_dir>/logs).')
     g.add_argument("--logging_dir", type=str, default="logs")
-    g.add_argument("--log_steps", type=int, default=10, help="Log the loss every N steps.")
-    g.add_argument("--eval_steps", type=int, default=200, help="Measure held-out metrics every N steps.")
-    g.add_argument("--image_log_steps", type=int, default=500, help="Log an image grid every N steps (0: never).")
-    g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument("--log_steps", type=int_at_least(1), default=10, help="Log the loss every N steps.")
+    g.add_argument("--eval_steps", type=int_at_least(0), default=200, help="Measure held-out metrics every N steps.")
+    g.add_argument("--image_log_steps", type=int_at_least(0), default=500, help="Log an image grid every N steps (0: never).")
+    g.add_argument("--dataloader_num_workers", type=int_at_least(0), default=0)
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mnist",
@@ -68,8 +105,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str | Non
     g.add_argument("--image_column", type=str, default="image")
     g.add_argument("--label_column", type=str, default="label")
     g.add_argument("--split", type=str, default="train", help="The split trained on.")
-    g.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training images.")
-    g.add_argument("--eval_samples", type=int, default=eval_samples,
+    g.add_argument("--max_train_samples", type=int_at_least(1), default=None, help="Use only the first N training images.")
+    g.add_argument("--eval_samples", type=int_at_least(0), default=eval_samples,
                    help="Images set aside from the END of the training split to measure progress on; never trained "
                         "on. (The dataset's own held-out split is never read by a training script.)")
     g.add_argument("--cache_dir", type=str, default=None)
