@@ -154,3 +154,160 @@ def test_latest_skips_a_checkpoint_without_its_marker(stopped_run, folder, capsy
     assert "Ignoring incomplete checkpoint" in capsys.readouterr().out
     marker = json.loads((stopped_run / "checkpoint-2" / MARKER).read_text())
     assert marker["step"] == 2 and "random_states_0.pkl" in marker["files"]
+
+
+# ---------------------------------------------------------------------------------------------- checked before work
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tiny diffusion pipeline (UNet + DDIM with 100 training steps, no guidance) to train guidance on."""
+    from dummies import dummy_pipeline
+
+    from diffusers_agdm import AdversarialGuidedPurificationPipeline
+
+    path = tmp_path_factory.mktemp("source")
+    pipe = dummy_pipeline(with_classifier=False)
+    AdversarialGuidedPurificationPipeline(unet=pipe.unet, scheduler=pipe.scheduler, guidance=None,
+                                          strength=0.3, num_inference_steps=3).save_pretrained(path)
+    return path
+
+
+def _no_work(module, monkeypatch):
+    """Make loading a model or starting the accelerator fail the test: a bad argument must stop the script first."""
+    def boom(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    for name in ("build_accelerator", "load_diffusion_source", "load_classifier", "load_training_data"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, boom)
+
+
+def _refused(module, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]  # argparse's one line: "<script>: error: ..."
+
+
+def test_guidance_script_refuses_bad_arguments_before_any_model_loads(tmp_path, folder, monkeypatch, capsys):
+    from test_training import _guidance_args
+
+    module = _script("train_guidance")
+    _no_work(module, monkeypatch)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    real_source = tmp_path / "src"
+    real_source.mkdir()
+    (real_source / "model_index.json").write_text("{}")
+    for extra, says in [
+        (["--strength", "1.5"], "argument --strength: must be a finite number > 0 and <= 1, got 1.5"),
+        (["--strength", "0"], "argument --strength: must be a finite number > 0"),
+        (["--guidance_scale", "-1"], "argument --guidance_scale: must be a finite number >= 0, got -1.0"),
+        (["--guidance_scale", "nan"], "argument --guidance_scale: must be a finite number >= 0"),
+        (["--num_inference_steps", "0"], "argument --num_inference_steps: must be an integer >= 1, got 0"),
+        (["--block_out_channels", "4,,8"], "argument --block_out_channels: must be a comma-separated list"),
+        (["--block_out_channels", "4,x"], "argument --block_out_channels: item 'x' of '4,x'"),
+        (["--norm_num_groups", "3"], "--block_out_channels 4,8: [4, 8] not divisible by --norm_num_groups 3"),
+        (["--output_dir", str(a_file)], f"--output_dir {a_file} is an existing file, not a folder"),
+        (["--output_dir", str(a_file / "sub")], f"--output_dir {a_file / 'sub'} cannot be created"),
+        (["--pretrained_model_name_or_path", str(a_file)], "a file, not a model folder"),
+        (["--pretrained_model_name_or_path", str(tmp_path / "nowhere")], "no such folder"),
+        (["--pretrained_model_name_or_path", str(folder)], "holds no model_index.json"),
+        (["--learning_rate", "0"], "argument --learning_rate: must be a finite number > 0"),
+        (["--checkpoints_total_limit", "0"], "argument --checkpoints_total_limit: must be an integer >= 1"),
+        (["--lr_scheduler", "cosin"], "argument --lr_scheduler: invalid choice: 'cosin'"),
+        (["--dataset_name", "mnist"], "Give --dataset_name or --train_data_dir, not both"),
+        (["--resume_from_checkpoint", str(tmp_path / "nowhere")], "no such folder"),
+    ]:
+        line = _refused(module, _guidance_args(real_source, folder, tmp_path / "out", 1, extra), capsys)
+        assert says in line, (extra, line)
+    assert not (tmp_path / "out").exists()
+
+
+def test_purification_defaults_are_checked_before_training(tmp_path, source, folder, monkeypatch):
+    """t* = round(0.01 x 100) = 1 leaves room for 2 steps, not 5: an error before the training loop, not after it."""
+    from test_training import _guidance_args
+
+    module = _script("train_guidance")
+    monkeypatch.setattr(module, "train_loop", lambda *a, **k: pytest.fail("the training loop started"))
+    with pytest.raises(ValueError, match=r"--num_inference_steps 5 is more than the 2 timesteps"):
+        module.main(_guidance_args(source, folder, tmp_path / "out", 1, ["--strength", "0.01",
+                                                                         "--num_inference_steps", "5"]))
+    # --strength 0 and --num_inference_steps 0 are refused, never silently replaced by the source's values
+    assert "strength = _first_set(args.strength" in Path(module.__file__).read_text()
+
+
+def test_diffusion_and_classifier_scripts_refuse_bad_arguments(tmp_path, folder, monkeypatch, capsys):
+    diffusion, classifier = _script("train_diffusion"), _script("train_classifier")
+    _no_work(diffusion, monkeypatch)
+    _no_work(classifier, monkeypatch)
+    base = ["--train_data_dir", str(folder), "--output_dir", str(tmp_path / "out")]
+    for module, extra, says in [
+        (diffusion, ["--num_train_timesteps", "1"], "argument --num_train_timesteps: must be an integer >= 2"),
+        (diffusion, ["--strength", "0.01", "--num_train_timesteps", "100", "--num_inference_steps", "10"],
+         "--num_inference_steps 10 is more than the 2 timesteps"),
+        (diffusion, ["--block_out_channels", "32,0"], "item '0' of '32,0': must be an integer >= 1"),
+        (diffusion, ["--beta_schedule", "cosine"], "argument --beta_schedule: invalid choice"),
+        (classifier, ["--augment_scale", "1"], "--augment_scale must be < 1"),
+        (classifier, ["--augment_shift", "-2"], "argument --augment_shift: must be a finite number >= 0"),
+        (classifier, ["--train_batch_size", "0"], "argument --train_batch_size: must be an integer >= 1"),
+    ]:
+        line = _refused(module, [*base, *extra], capsys)
+        assert says in line, (extra, line)
+
+
+def test_comma_list_is_the_one_parser_of_block_widths():
+    from diffusers_agdm.training.argtypes import comma_list, finite, int_at_least
+
+    assert comma_list(int_at_least(1))("32, 64,128") == (32, 64, 128)
+    assert comma_list(finite(0))("0.5,1") == (0.5, 1.0)
+    assert comma_list()("a,b") == ("a", "b")
+    for script, default in (("train_guidance", (32, 64, 128)), ("train_diffusion", (32, 64, 64)),
+                            ("train_classifier", (32, 64))):
+        source = Path(_script(script).__file__).read_text()
+        assert ".split(\",\")" not in source, script  # no hand parsing left
+        assert f"default={default}" in source
+
+
+def test_tune_purification_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
+    module = _script("tune_purification")
+    monkeypatch.setattr(module, "load_pipeline", lambda *a, **k: pytest.fail("the pipeline was loaded"))
+    pipeline = tmp_path / "pipe"
+    pipeline.mkdir()
+    (pipeline / "model_index.json").write_text("{}")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["--pipeline", str(pipeline), "--output_dir", str(tmp_path / "tuned")]
+    for extra, says in [
+        (["--strengths", "0.2", "1.5"], "argument --strengths: must be a finite number > 0 and <= 1, got 1.5"),
+        (["--latent_scales", "-3"], "argument --latent_scales: must be a finite number >= 0"),
+        (["--min_clean", "98"], "argument --min_clean: must be a finite number >= 0 and <= 1"),
+        (["--robust_images", "0"], "argument --robust_images: must be an integer >= 1"),
+        (["--output_dir", str(a_file)], "is an existing file, not a folder"),
+        (["--pipeline", str(tmp_path / "nowhere")], "no such folder"),
+        (["--split", "test"], "holds test images"),
+        (["--dataset_name", "foolbox-mnist", "--split", "test"], "holds test images"),
+    ]:
+        line = _refused(module, [*base, *extra], capsys)
+        assert says in line, (extra, line)
+
+
+def test_tune_purification_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
+    from dummies import dummy_images, dummy_pipeline
+
+    from diffusers_agdm.data import LabelledImages
+
+    pipe_dir = tmp_path / "pipe"
+    dummy_pipeline().save_pretrained(pipe_dir)
+    module = _script("tune_purification")
+    data = LabelledImages(dummy_images(4), torch.tensor([0, 1, 2, 3]), [], "tiny/validation")
+    monkeypatch.setattr(module, "load_labelled_images", lambda *a, **k: data)
+    module.main(["--pipeline", str(pipe_dir), "--output_dir", str(tmp_path / "tuned"), "--strengths", "0.3",
+                 "--num_inference_steps", "2", "--latent_scales", "5", "--pixel_scales", "1", "--robust_images", "2",
+                 "--pgd_steps", "1", "--min_clean", "0", "--batch_size", "2"])
+    err = capsys.readouterr().err
+    assert "tuning purification" in err and "3/3" in err
+    assert json.loads((tmp_path / "tuned" / "tuning.json").read_text())["rows"][-1]["defense"] == "pixel"
+    module.main(["--pipeline", str(pipe_dir), "--output_dir", str(tmp_path / "tuned2"), "--strengths", "0.3",
+                 "--num_inference_steps", "2", "--latent_scales", "5", "--pixel_scales", "1", "--robust_images", "2",
+                 "--pgd_steps", "1", "--min_clean", "0", "--batch_size", "2", "--no-progress_bar"])
+    assert "tuning purification" not in capsys.readouterr().err

@@ -16,7 +16,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers_agdm import AdversarialGuidedPurificationPipeline
 from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
                                      load_training_data, parse_training_args, train_loop)
-from diffusers_agdm.training.argtypes import check_group_norm, comma_list, finite, int_at_least
+from diffusers_agdm.training.argtypes import check_group_norm, check_steps_fit, comma_list, finite, int_at_least
 from diffusers_agdm.training.output import save_and_push
 
 
@@ -46,10 +46,7 @@ def parse_args(argv=None):
 
 def _check_args(args):
     check_group_norm(args.block_out_channels, args.norm_num_groups)
-    start = int(round(args.strength * args.num_train_timesteps))
-    if args.num_inference_steps > start + 1:
-        raise ValueError(f"--num_inference_steps {args.num_inference_steps} is more than the {start + 1} timesteps "
-                         f"from t* = round({args.strength} x {args.num_train_timesteps}) = {start} down to 0.")
+    check_steps_fit(args.strength, args.num_inference_steps, args.num_train_timesteps)
 
 
 def build_unet(args, channels: int, size: int) -> UNet2DModel:

@@ -15,8 +15,8 @@ from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
 from diffusers_agdm.loading import load_classifier, load_diffusion_source
 from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
                                      load_training_data, parse_training_args, train_loop)
-from diffusers_agdm.training.argtypes import (check_group_norm, check_model_source, comma_list, finite,
-                                              int_at_least)
+from diffusers_agdm.training.argtypes import (check_group_norm, check_model_source, check_steps_fit, comma_list,
+                                              finite, int_at_least)
 from diffusers_agdm.training.output import save_and_push
 from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
 
@@ -75,7 +75,9 @@ def main(argv=None):
     strength = _first_set(args.strength, getattr(source.config, "strength", None), 0.2)
     num_inference_steps = _first_set(args.num_inference_steps, getattr(source.config, "num_inference_steps", None), 10)
     num_train_timesteps = scheduler.config.num_train_timesteps
-    t_max = args.t_max if args.t_max is not None else int(round(strength * num_train_timesteps))
+    check_steps_fit(strength, num_inference_steps, num_train_timesteps)  # before the data and the loop
+    t_max = args.t_max if args.t_max is not None else min(int(round(strength * num_train_timesteps)),
+                                                          num_train_timesteps - 1)
     if not 0 <= t_max < num_train_timesteps:
         raise ValueError(f"--t_max must be in [0, {num_train_timesteps - 1}], got {t_max}.")
     size = unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]
@@ -143,11 +145,8 @@ def _first_set(*values):
 
 
 def _check_purification_defaults(pipe, strength, num_inference_steps) -> None:
+    check_steps_fit(strength, num_inference_steps, pipe.scheduler.config.num_train_timesteps)
     pipe.resolve_settings(strength=strength, num_inference_steps=num_inference_steps)
-    timesteps = pipe.get_timesteps(strength, num_inference_steps)
-    if len(timesteps) != num_inference_steps:
-        raise ValueError(f"--num_inference_steps {num_inference_steps} does not fit t* = {strength} of a "
-                         f"{pipe.scheduler.config.num_train_timesteps}-step schedule ({len(timesteps)} steps).")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,13 @@ from typing import Callable
 
 from diffusers.optimization import SchedulerType
 
+from ..data.datasets import BUILTIN_DATASETS, is_test_split
 from .argtypes import check_existing_dir, check_output_dir, finite, int_at_least
 from .checkpoints import resolve_resume, resume_problems
+
+# The built-ins' held-out splits are for evaluation only; no training script may read them, even with
+# --allow_test_split (this project's own reported numbers are measured on them).
+FORBIDDEN_TRAINING_SPLITS = {"mnist": {"validation", "test", "heldout"}}
 
 
 def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None, script: str,
@@ -34,10 +39,8 @@ def check_training_args(args: argparse.Namespace) -> None:
     """The checks every training script shares (raise `ValueError`): where the output goes, the data source, and the
     checkpoint to resume from."""
     check_output_dir("--output_dir", args.output_dir)
-    if getattr(args, "train_data_dir", None) is not None:
-        check_existing_dir("--train_data_dir", args.train_data_dir)
-    elif hasattr(args, "dataset_name") and not args.dataset_name:
-        raise ValueError("Give --dataset_name (a built-in or a Hub dataset id) or --train_data_dir.")
+    if hasattr(args, "dataset_name"):
+        check_data_args(args)
     if args.resume_from_checkpoint:
         checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir, announce=lambda _: None)
         if checkpoint is not None and not args.allow_inexact_resume:
@@ -45,6 +48,37 @@ def check_training_args(args: argparse.Namespace) -> None:
             if problems:
                 raise ValueError(f"Resuming from {checkpoint} would not be exact: {'; '.join(problems)}. Resume from "
                                  "another checkpoint, or pass --allow_inexact_resume to continue anyway.")
+
+
+def check_data_args(args: argparse.Namespace) -> None:
+    """The data flags of `add_data_args`: one source, only the options that apply to it, and no test split unless
+    asked for. Fills `--dataset_name`'s default when no image folder is given."""
+    if args.train_data_dir is not None:
+        if args.dataset_name is not None:
+            raise ValueError(f"Give --dataset_name or --train_data_dir, not both (got {args.dataset_name!r} and "
+                             f"{args.train_data_dir!r}).")
+        check_existing_dir("--train_data_dir", args.train_data_dir)
+    elif args.dataset_name is None:
+        args.dataset_name = getattr(args, "default_dataset_name", None)
+        if args.dataset_name is None:
+            raise ValueError("Give --dataset_name (a built-in or a Hub dataset id) or --train_data_dir.")
+    if args.train_data_dir is None and args.dataset_name in BUILTIN_DATASETS:
+        given = [flag for flag, value in (("--image_column", args.image_column), ("--label_column", args.label_column),
+                                          ("--dataset_config_name", args.dataset_config_name),
+                                          ("--cache_dir", args.cache_dir)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} do(es) not apply to the built-in dataset {args.dataset_name!r} "
+                             "(its columns and files are fixed); leave them out.")
+    if args.train_data_dir is not None and (args.dataset_config_name is not None or args.cache_dir is not None):
+        raise ValueError("--dataset_config_name and --cache_dir apply to Hub datasets, not to --train_data_dir.")
+    held_out = FORBIDDEN_TRAINING_SPLITS.get(args.dataset_name, set()) if args.train_data_dir is None else set()
+    if args.split.split("[")[0] in held_out:
+        raise ValueError(f"The {args.split!r} split of {args.dataset_name} is held out for evaluation; training "
+                         "scripts may only read 'train'.")
+    if is_test_split(args.dataset_name, args.split, args.train_data_dir) and not getattr(args, "allow_test_split", False):
+        source = args.train_data_dir or args.dataset_name
+        raise ValueError(f"The {args.split!r} split of {source} holds test images; training on them makes every test "
+                         "number meaningless. Pass --allow_test_split if that is really what you want.")
 
 
 def dataset_label(args: argparse.Namespace) -> str:
@@ -98,13 +132,20 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
 def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mnist",
                   eval_samples: int = 0) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset_name", type=str, default=default_dataset,
-                   help='A built-in ("mnist", "fashion-mnist") or a Hub dataset id.')
-    g.add_argument("--dataset_config_name", type=str, default=None)
+    g.add_argument("--dataset_name", type=str, default=None,
+                   help=f'A built-in ("mnist", "fashion-mnist", ...) or a Hub dataset id (default: {default_dataset}, '
+                        'unless --train_data_dir is given).')
+    g.set_defaults(default_dataset_name=default_dataset)
+    g.add_argument("--dataset_config_name", type=str, default=None, help="The Hub dataset's configuration.")
     g.add_argument("--train_data_dir", type=str, default=None, help="An image folder (class = sub-folder).")
-    g.add_argument("--image_column", type=str, default="image")
-    g.add_argument("--label_column", type=str, default="label")
+    g.add_argument("--image_column", type=str, default=None,
+                   help='The Hub dataset\'s image column (default "image"); not for built-ins.')
+    g.add_argument("--label_column", type=str, default=None,
+                   help='The Hub dataset\'s label column (default "label"); not for built-ins.')
     g.add_argument("--split", type=str, default="train", help="The split trained on.")
+    g.add_argument("--allow_test_split", action="store_true",
+                   help="Allow training on a split that holds test images (a 'test' split, foolbox-*); refused "
+                        "otherwise.")
     g.add_argument("--max_train_samples", type=int_at_least(1), default=None, help="Use only the first N training images.")
     g.add_argument("--eval_samples", type=int_at_least(0), default=eval_samples,
                    help="Images set aside from the END of the training split to measure progress on; never trained "

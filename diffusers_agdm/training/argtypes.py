@@ -121,3 +121,12 @@ def check_group_norm(widths: tuple[int, ...], groups: int, flag: str = "--block_
     bad = [w for w in widths if w % groups]
     if bad:
         raise ValueError(f"{flag} {','.join(map(str, widths))}: {bad} not divisible by --norm_num_groups {groups}.")
+
+
+def check_steps_fit(strength: float, num_inference_steps: int, num_train_timesteps: int) -> None:
+    """The reverse process starts at t* = round(strength x T) and can take at most t* + 1 distinct steps down to 0."""
+    start = int(round(strength * num_train_timesteps))
+    if num_inference_steps > start + 1:
+        raise ValueError(f"--num_inference_steps {num_inference_steps} is more than the {start + 1} timesteps from "
+                         f"t* = round({strength} x {num_train_timesteps}) = {start} down to 0; lower it or raise "
+                         "--strength.")
