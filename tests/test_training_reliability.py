@@ -311,3 +311,100 @@ def test_tune_purification_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
                  "--num_inference_steps", "2", "--latent_scales", "5", "--pixel_scales", "1", "--robust_images", "2",
                  "--pgd_steps", "1", "--min_clean", "0", "--batch_size", "2", "--no-progress_bar"])
     assert "tuning purification" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def _folder_of(root: Path, arrays_by_class: dict) -> Path:
+    from PIL import Image
+
+    for label, arrays in arrays_by_class.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i, array in enumerate(arrays):
+            Image.fromarray(array).save(root / label / f"{i}.png")
+    return root
+
+
+def test_image_folders_are_scaled_by_pixel_type_not_by_each_images_maximum(tmp_path):
+    import numpy as np
+
+    from diffusers_agdm.data import load_labelled_images
+    from diffusers_agdm.data.datasets import image_to_unit_range
+
+    dark = np.zeros((8, 8), np.uint8)
+    dark[2:4, 2:4] = 1  # a nearly black 8-bit image: must stay nearly black, not become a white square
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 16-bit, up to 63000
+    data = load_labelled_images(data_dir=_folder_of(tmp_path / "dark", {"a": [dark], "b": [dark]}))
+    assert data.images.max().item() == pytest.approx(1 / 255)
+    data = load_labelled_images(data_dir=_folder_of(tmp_path / "deep", {"a": [deep], "b": [deep]}))
+    assert data.images.max().item() == pytest.approx(63000 / 65535) and data.images.min().item() == 0
+    torch.testing.assert_close(data.images[0, 0], torch.from_numpy(deep.astype(np.float32) / 65535))
+    floats = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    assert np.array_equal(image_to_unit_range(floats), floats)
+    with pytest.raises(ValueError, match=r"image 3 .* values in \[0, 2\]; floating-point images must lie in"):
+        image_to_unit_range(floats * 2, where="image 3 of x")
+    with pytest.raises(ValueError, match="pixel type int64"):
+        image_to_unit_range(np.zeros((8, 8), np.int64))
+
+
+def _parse(script, argv):
+    return _script(script).parse_args(argv)
+
+
+def test_a_test_split_needs_allow_test_split(tmp_path, folder, capsys):
+    common = ["--output_dir", str(tmp_path / "out")]
+    for data in (["--dataset_name", "foolbox-mnist", "--split", "test"],  # the official MNIST test images
+                 ["--dataset_name", "some-user/some-dataset", "--split", "test[:50%]"],
+                 ["--train_data_dir", str(folder), "--split", "test"]):
+        with pytest.raises(SystemExit) as exit_info:
+            _parse("train_classifier", [*common, *data])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "holds test images" in err and "--allow_test_split" in err
+        args = _parse("train_classifier", [*common, *data, "--allow_test_split"])
+        assert args.allow_test_split
+    # the project's own held-out MNIST splits stay forbidden, flag or not; its train split needs no flag
+    with pytest.raises(SystemExit):
+        _parse("train_classifier", [*common, "--dataset_name", "mnist", "--split", "test", "--allow_test_split"])
+    assert "held out for evaluation" in capsys.readouterr().err
+    assert _parse("train_classifier", common).dataset_name == "mnist"
+
+
+def test_flags_that_do_not_apply_to_a_dataset_are_errors(tmp_path, folder, capsys):
+    from diffusers_agdm.data import load_labelled_images
+
+    common = ["--output_dir", str(tmp_path / "out")]
+    for extra, says in [(["--dataset_name", "mnist", "--label_column", "digit"], "--label_column do(es) not apply"),
+                        (["--image_column", "img"], "--image_column do(es) not apply to the built-in dataset 'mnist'"),
+                        (["--dataset_name", "mnist", "--dataset_config_name", "x"], "--dataset_config_name"),
+                        (["--train_data_dir", str(folder), "--cache_dir", str(tmp_path)], "apply to Hub datasets")]:
+        with pytest.raises(SystemExit):
+            _parse("train_classifier", [*common, *extra])
+        assert says in capsys.readouterr().err, extra
+    with pytest.raises(ValueError, match="label_column='digit' do"):
+        load_labelled_images("foolbox-mnist", "test", label_column="digit")
+    assert len(load_labelled_images("foolbox-mnist", "test", label_column="label")) == 20  # the default: harmless
+
+
+def test_unknown_or_empty_datasets_are_one_line_value_errors(tmp_path, monkeypatch):
+    import datasets
+
+    from diffusers_agdm.data import load_labelled_images
+
+    def one_line(call, *match):
+        with pytest.raises(ValueError) as info:
+            call()
+        text = str(info.value)
+        assert "\n" not in text and all(m in text for m in match), text
+
+    one_line(lambda: load_labelled_images("no such dataset!"), "Unknown dataset 'no such dataset!'", "mnist")
+    one_line(lambda: load_labelled_images("foolbox-svhn", "test"), "Unknown built-in 'foolbox-svhn'")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    one_line(lambda: load_labelled_images(data_dir=tmp_path / "empty"), f"The image folder {tmp_path / 'empty'}")
+    one_line(lambda: load_labelled_images(data_dir=tmp_path / "missing"), "does not exist")
+    one_line(lambda: load_labelled_images("mnist", "train", data_dir=tmp_path), "not both")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'someone/data' on the Hub (LocalEntryNotFoundError)\nmore details")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    one_line(lambda: load_labelled_images("someone/data"), "The dataset 'someone/data'", "Couldn't reach")
