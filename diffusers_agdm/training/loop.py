@@ -1,6 +1,6 @@
 """The accelerate training loop the three scripts share, shaped like Diffusers' `train_unconditional.py`:
-gradient accumulation, mixed precision, an lr schedule, EMA, `save_state` checkpoints with pruning, exact resume,
-tensorboard logging and a progress bar."""
+gradient accumulation, mixed precision, an lr schedule, EMA, crash-safe `save_state` checkpoints with pruning
+(`checkpoints.py`), exact resume (or a loud error), tensorboard logging and a progress bar."""
 
 import argparse
 import math
