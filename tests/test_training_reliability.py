@@ -90,7 +90,8 @@ def test_sigkill_during_saves_then_resume_latest_is_bit_exact(tmp_path, folder):
     assert one_go.keys() == resumed.keys()
     for name in one_go:
         torch.testing.assert_close(resumed[name], one_go[name], rtol=0, atol=0, msg=name)
-    first = load_file(str(tmp_path / "one_go" / "checkpoint-10" / "classifier" / "diffusion_pytorch_model.safetensors"))
+    first = load_file(str(tmp_path / "one_go" / "checkpoint-10" / "classifier" /
+                          "diffusion_pytorch_model.safetensors"))
     assert any(not torch.equal(first[k], one_go[k]) for k in one_go)  # the last step did change the weights
 
 

@@ -30,8 +30,10 @@ def parse_args(argv=None):
     g.add_argument("--hidden_dim", type=int_at_least(1), default=128)
     a = parser.add_argument_group("augmentation")
     a.add_argument("--augment_shift", type=finite(0), default=2.0, help="Random shift in pixels (0: off).")
-    a.add_argument("--augment_rotation", type=finite(0, 180), default=10.0, help="Random rotation in degrees (0: off).")
-    a.add_argument("--augment_scale", type=finite(0, 1, inclusive_min=True), default=0.1, help="Random scaling, as a fraction (0: off).")
+    a.add_argument("--augment_rotation", type=finite(0, 180), default=10.0,
+                   help="Random rotation in degrees (0: off).")
+    a.add_argument("--augment_scale", type=finite(0, 1), default=0.1,
+                   help="Random scaling, as a fraction (0: off).")
     return parse_training_args(parser, argv, __file__, check=_check_args)
 
 

@@ -38,7 +38,8 @@ def parse_args(argv=None):
     a = parser.add_argument_group("adversarial loss (TRADES on diffused inputs)")
     a.add_argument("--beta", type=finite(0), default=6.0, help="Weight of the KL term.")
     a.add_argument("--norm", type=str, default="Linf", choices=["Linf", "L2"])
-    a.add_argument("--eps", type=finite(0, inclusive_min=False), default=0.3, help="Radius of the PGD ball, images in [0, 1].")
+    a.add_argument("--eps", type=finite(0, inclusive_min=False), default=0.3,
+                   help="Radius of the PGD ball, images in [0, 1].")
     a.add_argument("--pgd_step_size", type=finite(0, inclusive_min=False), default=0.05)
     a.add_argument("--pgd_steps", type=int_at_least(1), default=10)
     a.add_argument("--t_max", type=int_at_least(0), default=None,

@@ -82,7 +82,8 @@ def clean_accuracy(pipe, data, seed: int, batch_size: int = 100, **purify_kwargs
         for start in range(0, len(data), batch_size):
             images = data.images[start:start + batch_size].to(pipe.device)
             purified = pipe.purify(images, generator=torch.Generator().manual_seed(seed + start), **purify_kwargs)
-            correct += (pipe.classifier_logits(purified).argmax(-1).cpu() == data.labels[start:start + batch_size]).sum()
+            predicted = pipe.classifier_logits(purified).argmax(-1).cpu()
+            correct += (predicted == data.labels[start:start + batch_size]).sum()
     return float(correct) / len(data)
 
 

@@ -75,7 +75,8 @@ def check_data_args(args: argparse.Namespace) -> None:
     if args.split.split("[")[0] in held_out:
         raise ValueError(f"The {args.split!r} split of {args.dataset_name} is held out for evaluation; training "
                          "scripts may only read 'train'.")
-    if is_test_split(args.dataset_name, args.split, args.train_data_dir) and not getattr(args, "allow_test_split", False):
+    allowed = getattr(args, "allow_test_split", False)
+    if is_test_split(args.dataset_name, args.split, args.train_data_dir) and not allowed:
         source = args.train_data_dir or args.dataset_name
         raise ValueError(f"The {args.split!r} split of {source} holds test images; training on them makes every test "
                          "number meaningless. Pass --allow_test_split if that is really what you want.")
@@ -89,9 +90,11 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
                       learning_rate: float = 1e-3, use_ema: bool = True, checkpointing_steps: int = 500) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--output_dir", type=str, required=True, help="Where the result and the checkpoints go.")
-    g.add_argument("--seed", type=int_at_least(0), default=0, help="Seed of every random draw; same seed, same result on CPU.")
+    g.add_argument("--seed", type=int_at_least(0), default=0,
+                   help="Seed of every random draw; same seed, same result on CPU.")
     g.add_argument("--train_batch_size", type=int_at_least(1), default=batch_size, help="Batch size per process.")
-    g.add_argument("--max_train_steps", type=int_at_least(1), default=max_train_steps, help="Optimizer steps in total.")
+    g.add_argument("--max_train_steps", type=int_at_least(1), default=max_train_steps,
+                   help="Optimizer steps in total.")
     g.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
     g.add_argument("--learning_rate", type=finite(0, inclusive_min=False), default=learning_rate)
     g.add_argument("--lr_scheduler", type=str, default="cosine", choices=[t.value for t in SchedulerType],
@@ -110,7 +113,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
     g.add_argument("--ema_max_decay", type=finite(0, 1), default=0.999)
     g.add_argument("--checkpointing_steps", type=int_at_least(1), default=checkpointing_steps,
                    help="Save the full training state (accelerate `save_state`) every N steps.")
-    g.add_argument("--checkpoints_total_limit", type=int_at_least(1), default=2, help="Keep at most this many checkpoints.")
+    g.add_argument("--checkpoints_total_limit", type=int_at_least(1), default=2,
+                   help="Keep at most this many checkpoints.")
     g.add_argument("--resume_from_checkpoint", type=str, default=None,
                    help='A checkpoint folder, or "latest" for the newest complete one in --output_dir.')
     g.add_argument("--allow_inexact_resume", action="store_true",
@@ -124,8 +128,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
                    help='"tensorboard", "wandb", "all" or "none" (logs go to <output_dir>/logs).')
     g.add_argument("--logging_dir", type=str, default="logs")
     g.add_argument("--log_steps", type=int_at_least(1), default=10, help="Log the loss every N steps.")
-    g.add_argument("--eval_steps", type=int_at_least(0), default=200, help="Measure held-out metrics every N steps.")
-    g.add_argument("--image_log_steps", type=int_at_least(0), default=500, help="Log an image grid every N steps (0: never).")
+    g.add_argument("--eval_steps", type=int_at_least(0), default=200,
+                   help="Measure held-out metrics every N steps (0: only at the end).")
+    g.add_argument("--image_log_steps", type=int_at_least(0), default=500,
+                   help="Log an image grid every N steps (0: never).")
     g.add_argument("--dataloader_num_workers", type=int_at_least(0), default=0)
 
 
@@ -146,7 +152,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str | Non
     g.add_argument("--allow_test_split", action="store_true",
                    help="Allow training on a split that holds test images (a 'test' split, foolbox-*); refused "
                         "otherwise.")
-    g.add_argument("--max_train_samples", type=int_at_least(1), default=None, help="Use only the first N training images.")
+    g.add_argument("--max_train_samples", type=int_at_least(1), default=None,
+                   help="Use only the first N training images.")
     g.add_argument("--eval_samples", type=int_at_least(0), default=eval_samples,
                    help="Images set aside from the END of the training split to measure progress on; never trained "
                         "on. (The dataset's own held-out split is never read by a training script.)")
