@@ -409,3 +409,28 @@ def test_unknown_or_empty_datasets_are_one_line_value_errors(tmp_path, monkeypat
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     one_line(lambda: load_labelled_images("someone/data"), "The dataset 'someone/data'", "Couldn't reach")
+
+
+def test_package_default_reads_every_input_before_touching_the_shipped_default(tmp_path, monkeypatch, capsys):
+    from dummies import dummy_pipeline
+
+    module = _script("package_default")
+    target = tmp_path / "pretrained" / "agdm-mnist"
+    target.mkdir(parents=True)
+    (target / "model_index.json").write_text('{"shipped": true}')
+    monkeypatch.setattr(module, "TARGET", target)
+    dummy_pipeline().save_pretrained(tmp_path / "tuned")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "training_metrics.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--pipeline", str(tmp_path / "tuned"), "--training_runs", str(tmp_path / "run"),
+                     "--evaluations", str(tmp_path / "typo.json")])
+    assert exit_info.value.code == 2
+    assert f"--evaluations: {tmp_path / 'typo.json'} is not a readable JSON file" in capsys.readouterr().err
+    assert (target / "model_index.json").read_text() == '{"shipped": true}'  # untouched
+    new = tmp_path / "pretrained" / ".agdm-mnist.partial"
+    new.mkdir()
+    (new / "model_index.json").write_text('{"new": true}')
+    module.replace_folder(new, target)
+    assert (target / "model_index.json").read_text() == '{"new": true}' and not new.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["agdm-mnist"]
