@@ -434,3 +434,13 @@ def test_package_default_reads_every_input_before_touching_the_shipped_default(t
     module.replace_folder(new, target)
     assert (target / "model_index.json").read_text() == '{"new": true}' and not new.exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["agdm-mnist"]
+
+
+def test_a_new_run_never_silently_mixes_with_an_earlier_runs_checkpoints(stopped_run, folder, capsys):
+    with pytest.raises(SystemExit):  # forgot --resume_from_checkpoint: refused, the earlier run is kept
+        _train_classifier_in_process(folder, stopped_run, 4)
+    assert "already holds checkpoints of a run (checkpoint-2)" in capsys.readouterr().err
+    assert _steps(stopped_run) == (["checkpoint-2"], [])
+    _train_classifier_in_process(folder, stopped_run, 3, ["--overwrite_output_dir", "--checkpointing_steps", "3",
+                                                          "--checkpoints_total_limit", "2"])
+    assert _steps(stopped_run) == (["checkpoint-3"], [])

@@ -11,7 +11,7 @@ from diffusers.optimization import SchedulerType
 
 from ..data.datasets import BUILTIN_DATASETS, is_test_split
 from .argtypes import check_existing_dir, check_output_dir, finite, int_at_least
-from .checkpoints import resolve_resume, resume_problems
+from .checkpoints import find_checkpoints, resolve_resume, resume_problems
 
 # The built-ins' held-out splits are for evaluation only; no training script may read them, even with
 # --allow_test_split (this project's own reported numbers are measured on them).
@@ -41,6 +41,11 @@ def check_training_args(args: argparse.Namespace) -> None:
     check_output_dir("--output_dir", args.output_dir)
     if hasattr(args, "dataset_name"):
         check_data_args(args)
+    previous, _ = find_checkpoints(args.output_dir)
+    if previous and not args.resume_from_checkpoint and not getattr(args, "overwrite_output_dir", False):
+        raise ValueError(f"--output_dir {args.output_dir} already holds checkpoints of a run ({previous[-1].name}); "
+                         "pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to start over "
+                         "(its checkpoints are deleted), or choose another --output_dir.")
     if args.resume_from_checkpoint:
         checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir, announce=lambda _: None)
         if checkpoint is not None and not args.allow_inexact_resume:
@@ -121,6 +126,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
                    help="Resume even when a checkpoint's RNG states are missing or unreadable (or the number of "
                         "processes changed); the run then continues with a loud warning that it is no longer exact. "
                         "Without it, that is an error.")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="Start a new run in an --output_dir that holds checkpoints of an earlier one, deleting them "
+                        "(refused otherwise, so that forgetting --resume_from_checkpoint never loses a run).")
     g.add_argument("--stop_after_steps", type=int_at_least(1), default=None,
                    help="End this invocation once the run reaches this step, after saving a checkpoint (for jobs "
                         "with a time limit); continue later with --resume_from_checkpoint latest.")

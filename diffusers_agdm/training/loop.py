@@ -5,6 +5,7 @@ gradient accumulation, mixed precision, an lr schedule, EMA, crash-safe `save_st
 import argparse
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,8 +20,8 @@ from tqdm.auto import tqdm
 
 from ..data import LabelledImages
 from ..distributed import needs_cpu_process_group
-from .checkpoints import (RNG_STATE, check_exact_resume, load_rng_state, pause_after_model, resolve_resume,
-                          save_checkpoint, saved_step)
+from .checkpoints import (RNG_STATE, check_exact_resume, find_checkpoints, load_rng_state, pause_after_model,
+                          resolve_resume, save_checkpoint, saved_step)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -153,6 +154,14 @@ def train_loop(
 
     global_step, first_epoch, resume_batches = 0, 0, 0
     checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir, announce=accelerator.print)
+    if checkpoint is None and getattr(args, "overwrite_output_dir", False) and accelerator.is_main_process:
+        complete, incomplete = find_checkpoints(args.output_dir)
+        for old in complete + incomplete:
+            shutil.rmtree(old)
+        if complete + incomplete:
+            accelerator.print(f"Deleted {len(complete + incomplete)} checkpoint(s) of an earlier run "
+                              "(--overwrite_output_dir).")
+    accelerator.wait_for_everyone()
     if args.resume_from_checkpoint and checkpoint is None:
         accelerator.print(f"No complete checkpoint in {args.output_dir}; starting a new run.")
     if checkpoint is not None:
