@@ -374,14 +374,14 @@ def test_flags_that_do_not_apply_to_a_dataset_are_errors(tmp_path, folder, capsy
     from diffusers_agdm.data import load_labelled_images
 
     common = ["--output_dir", str(tmp_path / "out")]
-    for extra, says in [(["--dataset_name", "mnist", "--label_column", "digit"], "--label_column do(es) not apply"),
-                        (["--image_column", "img"], "--image_column do(es) not apply to the built-in dataset 'mnist'"),
+    for extra, says in [(["--dataset_name", "mnist", "--label_column", "digit"], "--label_column does not apply"),
+                        (["--image_column", "img"], "--image_column does not apply to the built-in dataset 'mnist'"),
                         (["--dataset_name", "mnist", "--dataset_config_name", "x"], "--dataset_config_name"),
                         (["--train_data_dir", str(folder), "--cache_dir", str(tmp_path)], "apply to Hub datasets")]:
         with pytest.raises(SystemExit):
             _parse("train_classifier", [*common, *extra])
         assert says in capsys.readouterr().err, extra
-    with pytest.raises(ValueError, match="label_column='digit' do"):
+    with pytest.raises(ValueError, match="label_column='digit' does not apply"):
         load_labelled_images("foolbox-mnist", "test", label_column="digit")
     assert len(load_labelled_images("foolbox-mnist", "test", label_column="label")) == 20  # the default: harmless
 

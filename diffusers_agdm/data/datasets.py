@@ -235,8 +235,9 @@ def _check_builtin_options(dataset_name, image_column, label_column, dataset_con
     if cache_dir is not None:
         given.append(f"cache_dir={cache_dir!r}")
     if given:
-        raise ValueError(f"{', '.join(given)} do(es) not apply to the built-in dataset {dataset_name!r} (its columns "
-                         "and files are fixed); leave them out.")
+        one = len(given) == 1
+        raise ValueError(f"{', '.join(given)} {'does' if one else 'do'} not apply to the built-in dataset "
+                         f"{dataset_name!r} (its columns and files are fixed); leave {'it' if one else 'them'} out.")
 
 
 def load_labelled_images(

@@ -11,7 +11,7 @@ from diffusers.optimization import SchedulerType
 
 from ..data.datasets import BUILTIN_DATASETS, is_test_split
 from .argtypes import check_existing_dir, check_output_dir, finite, int_at_least
-from .checkpoints import find_checkpoints, resolve_resume, resume_problems
+from .checkpoints import check_exact_resume, find_checkpoints, resolve_resume
 
 # The built-ins' held-out splits are for evaluation only; no training script may read them, even with
 # --allow_test_split (this project's own reported numbers are measured on them).
@@ -48,11 +48,8 @@ def check_training_args(args: argparse.Namespace) -> None:
                          "(its checkpoints are deleted), or choose another --output_dir.")
     if args.resume_from_checkpoint:
         checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir, announce=lambda _: None)
-        if checkpoint is not None and not args.allow_inexact_resume:
-            problems = resume_problems(checkpoint, int(os.environ.get("WORLD_SIZE", "1")))
-            if problems:
-                raise ValueError(f"Resuming from {checkpoint} would not be exact: {'; '.join(problems)}. Resume from "
-                                 "another checkpoint, or pass --allow_inexact_resume to continue anyway.")
+        if checkpoint is not None and not args.allow_inexact_resume:  # (with it, the loop warns when it resumes)
+            check_exact_resume(checkpoint, int(os.environ.get("WORLD_SIZE", "1")), allow_inexact=False)
 
 
 def check_data_args(args: argparse.Namespace) -> None:
@@ -72,8 +69,9 @@ def check_data_args(args: argparse.Namespace) -> None:
                                           ("--dataset_config_name", args.dataset_config_name),
                                           ("--cache_dir", args.cache_dir)) if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} do(es) not apply to the built-in dataset {args.dataset_name!r} "
-                             "(its columns and files are fixed); leave them out.")
+            raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the built-in "
+                             f"dataset {args.dataset_name!r} (its columns and files are fixed); leave "
+                             f"{'it' if len(given) == 1 else 'them'} out.")
     if args.train_data_dir is not None and (args.dataset_config_name is not None or args.cache_dir is not None):
         raise ValueError("--dataset_config_name and --cache_dir apply to Hub datasets, not to --train_data_dir.")
     held_out = FORBIDDEN_TRAINING_SPLITS.get(args.dataset_name, set()) if args.train_data_dir is None else set()
