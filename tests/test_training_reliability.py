@@ -216,6 +216,7 @@ def test_guidance_script_refuses_bad_arguments_before_any_model_loads(tmp_path, 
         (["--learning_rate", "0"], "argument --learning_rate: must be a finite number > 0"),
         (["--checkpoints_total_limit", "0"], "argument --checkpoints_total_limit: must be an integer >= 1"),
         (["--lr_scheduler", "cosin"], "argument --lr_scheduler: invalid choice: 'cosin'"),
+        (["--report_to", "tensorbaord"], "--report_to must be one of tensorboard, wandb, all, none"),
         (["--dataset_name", "mnist"], "Give --dataset_name or --train_data_dir, not both"),
         (["--resume_from_checkpoint", str(tmp_path / "nowhere")], "no such folder"),
     ]:

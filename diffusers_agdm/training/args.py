@@ -39,6 +39,7 @@ def check_training_args(args: argparse.Namespace) -> None:
     """The checks every training script shares (raise `ValueError`): where the output goes, the data source, and the
     checkpoint to resume from."""
     check_output_dir("--output_dir", args.output_dir)
+    check_report_to(args.report_to)
     if hasattr(args, "dataset_name"):
         check_data_args(args)
     previous, _ = find_checkpoints(args.output_dir)
@@ -50,6 +51,18 @@ def check_training_args(args: argparse.Namespace) -> None:
         checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir, announce=lambda _: None)
         if checkpoint is not None and not args.allow_inexact_resume:  # (with it, the loop warns when it resumes)
             check_exact_resume(checkpoint, int(os.environ.get("WORLD_SIZE", "1")), allow_inexact=False)
+
+
+def check_report_to(report_to: str) -> None:
+    """The tracker exists and is installed (accelerate would fail only once the model is built)."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    if report_to not in (*available, "all", "none"):
+        raise ValueError(f"--report_to must be one of {', '.join([*available, 'all', 'none'])}, got {report_to!r}.")
+    if report_to in available and not available[report_to]():  # ("all" means all installed ones)
+        raise ValueError(f"--report_to {report_to}: {report_to} is not installed (pip install {report_to}), or pass "
+                         "--report_to none.")
 
 
 def check_data_args(args: argparse.Namespace) -> None:
