@@ -443,3 +443,10 @@ def test_a_new_run_never_silently_mixes_with_an_earlier_runs_checkpoints(stopped
     _train_classifier_in_process(folder, stopped_run, 3, ["--overwrite_output_dir", "--checkpointing_steps", "3",
                                                           "--checkpoints_total_limit", "2"])
     assert _steps(stopped_run) == (["checkpoint-3"], [])
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path, folder):
+    with pytest.raises(ValueError, match=r"The training loss is \[(nan|inf)\] at step \d+: training diverged"):
+        _train_classifier_in_process(folder, tmp_path / "run", 20, ["--learning_rate", "1e30", "--max_grad_norm", "0",
+                                                                     "--lr_scheduler", "constant"])
+    assert not (tmp_path / "run" / "diffusion_pytorch_model.safetensors").exists()

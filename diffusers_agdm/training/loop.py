@@ -213,6 +213,7 @@ def train_loop(
         for images, labels in batches:
             with accelerator.accumulate(model):
                 loss, logs = loss_fn(model, images, labels)
+                _check_finite_loss(accelerator, loss, global_step + 1, args)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -266,6 +267,16 @@ def train_loop(
 
 def _save_checkpoint(accelerator, args, step: int) -> None:
     save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
+
+
+def _check_finite_loss(accelerator, loss: torch.Tensor, step: int, args) -> None:
+    """Stop at the first non-finite loss instead of training NaN weights for hours. Every process sees every
+    process's loss, so all of them stop together."""
+    losses = accelerator.gather(loss.detach().float().reshape(1))
+    if not torch.isfinite(losses).all():
+        raise ValueError(f"The training loss is {losses.tolist()} at step {step}: training diverged. Lower "
+                         f"--learning_rate (now {args.learning_rate:g}) or --max_grad_norm, then resume from the last "
+                         "checkpoint (--resume_from_checkpoint latest) or start over.")
 
 
 def _check_rng_restored(checkpoint, process_index: int) -> None:
