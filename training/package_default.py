@@ -29,12 +29,27 @@ def parse_args(argv=None):
                         help="output folders of the training scripts (each has training_metrics.json)")
     parser.add_argument("--evaluations", nargs="+", required=True, help="results.json files of `agdm evaluate`")
     parser.add_argument("--extra_markdown", default=None, help="a markdown file appended to the results section")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Every input is read before the shipped default is touched: a typo must not leave the package without one.
+    problems = []
+    if not (Path(args.pipeline) / "model_index.json").is_file():
+        problems.append(f"--pipeline {args.pipeline}: no model_index.json")
+    files = [("--training_runs", Path(run) / "training_metrics.json") for run in args.training_runs]
+    files += [("--evaluations", Path(path)) for path in args.evaluations]
+    for flag, path in files:
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            problems.append(f"{flag}: {path} is not a readable JSON file ({type(err).__name__})")
+    if args.extra_markdown and not Path(args.extra_markdown).is_file():
+        problems.append(f"--extra_markdown {args.extra_markdown}: no such file")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
 
 
 def copy_pipeline(source: Path, target: Path) -> int:
-    if target.exists():
-        shutil.rmtree(target)
+    """Copy the pipeline's safetensors and JSON files to `target`; returns their size in bytes."""
     total = 0
     for path in sorted(source.rglob("*")):
         if path.is_file() and any(path.match(p) for p in KEEP) and "checkpoint-" not in str(path) \
@@ -46,6 +61,18 @@ def copy_pipeline(source: Path, target: Path) -> int:
     if total > MAX_BYTES:
         raise SystemExit(f"The default would weigh {total / 2**20:.1f} MiB, over the 20 MB budget.")
     return total
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder `new` in place of `target` with renames only, so the package always has a default."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def evaluation_summary(path: Path):
@@ -66,7 +93,8 @@ def evaluation_summary(path: Path):
               f"(\"correct in all K\"); seeds {settings['seeds']}")
     text = "\n".join([
         f"**{report['data']['name']}, {report['data']['num_images']} images, {threat['norm']} eps {threat['eps']:g}** "
-        f"({budget}), accuracy in % (mean ± std over seeds):", "", results_table(report), "", "Sanity checks:", "", sanity, "",
+        f"({budget}), accuracy in % (mean ± std over seeds):", "", results_table(report), "",
+        "Sanity checks:", "", sanity, "",
         "Reproduce:", "", "```bash", report["run"]["command"], "```",
         f"(wall time {report['run']['wall_time_s'] / 60:.0f} min on {report['run']['device']}, "
         f"{report['run']['num_processes']} process(es))", ""])
@@ -76,10 +104,13 @@ def evaluation_summary(path: Path):
 def main(argv=None):
     args = parse_args(argv)
     source = Path(args.pipeline)
-    size = copy_pipeline(source, TARGET)
+    staging = TARGET.with_name(f".{TARGET.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    size = copy_pipeline(source, staging)
     from diffusers_agdm import load_pipeline
 
-    pipe = load_pipeline(str(TARGET))
+    pipe = load_pipeline(str(staging))
     results, sections = [], []
     for path in args.evaluations:
         r, text = evaluation_summary(Path(path))
@@ -118,7 +149,8 @@ def main(argv=None):
     card = make_model_card(pipe, f"diffusers-agdm/{DEFAULT_PIPELINE_NAME}", description=description,
                            results=results, results_details="\n".join(sections), training="\n".join(training),
                            limitations=limitations, dataset="mnist")
-    card.save(TARGET / "README.md")
+    card.save(staging / "README.md")
+    replace_folder(staging, TARGET)
     print(f"packaged {TARGET} ({size / 2**20:.2f} MiB) with its model card")
 
 

@@ -14,6 +14,7 @@ from diffusers_agdm import SmallImageClassifier
 from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
                                      load_training_data, parse_training_args, train_loop)
 from diffusers_agdm.training.augment import random_affine
+from diffusers_agdm.training.argtypes import comma_list, finite, int_at_least
 from diffusers_agdm.training.output import save_and_push
 
 
@@ -24,13 +25,21 @@ def parse_args(argv=None):
     add_data_args(parser, eval_samples=500)
     add_hub_args(parser)
     g = parser.add_argument_group("model")
-    g.add_argument("--block_out_channels", type=str, default="32,64")
-    g.add_argument("--hidden_dim", type=int, default=128)
+    g.add_argument("--block_out_channels", type=comma_list(int_at_least(1)), default=(32, 64),
+                   help="Widths of the convolution blocks, comma-separated (e.g. 32,64).")
+    g.add_argument("--hidden_dim", type=int_at_least(1), default=128)
     a = parser.add_argument_group("augmentation")
-    a.add_argument("--augment_shift", type=float, default=2.0, help="Random shift in pixels (0: off).")
-    a.add_argument("--augment_rotation", type=float, default=10.0, help="Random rotation in degrees (0: off).")
-    a.add_argument("--augment_scale", type=float, default=0.1, help="Random scaling, as a fraction (0: off).")
-    return parse_training_args(parser, argv, __file__)
+    a.add_argument("--augment_shift", type=finite(0), default=2.0, help="Random shift in pixels (0: off).")
+    a.add_argument("--augment_rotation", type=finite(0, 180), default=10.0,
+                   help="Random rotation in degrees (0: off).")
+    a.add_argument("--augment_scale", type=finite(0, 1), default=0.1,
+                   help="Random scaling, as a fraction (0: off).")
+    return parse_training_args(parser, argv, __file__, check=_check_args)
+
+
+def _check_args(args):
+    if args.augment_scale >= 1:
+        raise ValueError(f"--augment_scale must be < 1 (a fraction of the image size), got {args.augment_scale}.")
 
 
 def accuracy(model, data, batch_size: int = 500) -> float:
@@ -47,7 +56,7 @@ def main(argv=None):
     num_classes = train_data.num_classes
     classifier = SmallImageClassifier(
         in_channels=train_data.images.shape[1], sample_size=train_data.images.shape[2], num_classes=num_classes,
-        block_out_channels=tuple(int(c) for c in args.block_out_channels.split(",")), hidden_dim=args.hidden_dim,
+        block_out_channels=args.block_out_channels, hidden_dim=args.hidden_dim,
         labels=train_data.class_names or None)
 
     def loss_fn(model, images, labels):

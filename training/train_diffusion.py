@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers_agdm import AdversarialGuidedPurificationPipeline
 from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
                                      load_training_data, parse_training_args, train_loop)
+from diffusers_agdm.training.argtypes import check_group_norm, check_steps_fit, comma_list, finite, int_at_least
 from diffusers_agdm.training.output import save_and_push
 
 
@@ -25,23 +26,31 @@ def parse_args(argv=None):
     add_data_args(parser)
     add_hub_args(parser)
     g = parser.add_argument_group("model")
-    g.add_argument("--block_out_channels", type=str, default="32,64,64")
-    g.add_argument("--layers_per_block", type=int, default=1)
-    g.add_argument("--norm_num_groups", type=int, default=8)
+    g.add_argument("--block_out_channels", type=comma_list(int_at_least(1)), default=(32, 64, 64),
+                   help="Widths of the UNet's blocks, comma-separated (e.g. 32,64,64).")
+    g.add_argument("--layers_per_block", type=int_at_least(1), default=1)
+    g.add_argument("--norm_num_groups", type=int_at_least(1), default=8, help="Must divide every block width.")
     g.add_argument("--attention", action=argparse.BooleanOptionalAction, default=True,
                    help="Self-attention at the lowest resolution.")
-    g.add_argument("--num_train_timesteps", type=int, default=1000)
-    g.add_argument("--beta_schedule", type=str, default="linear")
+    g.add_argument("--num_train_timesteps", type=int_at_least(2), default=1000)
+    g.add_argument("--beta_schedule", type=str, default="linear",
+                   choices=["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
     g.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction"])
     g.add_argument("--inference_scheduler", type=str, default="ddim", choices=["ddim", "ddpm"],
                    help="The scheduler the saved pipeline purifies with.")
-    g.add_argument("--strength", type=float, default=0.2, help="Purification default saved with the pipeline.")
-    g.add_argument("--num_inference_steps", type=int, default=10, help="Purification default.")
-    return parse_training_args(parser, argv, __file__)
+    g.add_argument("--strength", type=finite(0, 1, inclusive_min=False), default=0.2,
+                   help="Purification default saved with the pipeline: t* as a fraction of the schedule, in (0, 1].")
+    g.add_argument("--num_inference_steps", type=int_at_least(1), default=10, help="Purification default.")
+    return parse_training_args(parser, argv, __file__, check=_check_args)
+
+
+def _check_args(args):
+    check_group_norm(args.block_out_channels, args.norm_num_groups)
+    check_steps_fit(args.strength, args.num_inference_steps, args.num_train_timesteps)
 
 
 def build_unet(args, channels: int, size: int) -> UNet2DModel:
-    widths = tuple(int(c) for c in args.block_out_channels.split(","))
+    widths = args.block_out_channels
     down = ["DownBlock2D"] * len(widths)
     up = ["UpBlock2D"] * len(widths)
     if args.attention:
@@ -67,6 +76,7 @@ def main(argv=None):
         target = noise if args.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
         return F.mse_loss(model(x_t, timesteps).sample, target), {}
 
+    _pipeline(args, unet, noise_scheduler).resolve_settings()  # the saved defaults, checked before training
     preview = train_data.images[:8]
 
     def purified_grid(model):  # the first training images and their unguided purification at t* = 0.3

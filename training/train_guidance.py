@@ -15,6 +15,8 @@ from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
 from diffusers_agdm.loading import load_classifier, load_diffusion_source
 from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
                                      load_training_data, parse_training_args, train_loop)
+from diffusers_agdm.training.argtypes import (check_group_norm, check_model_source, check_steps_fit, comma_list,
+                                              finite, int_at_least)
 from diffusers_agdm.training.output import save_and_push
 from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
 from diffusers_agdm.utils import sample_size
@@ -30,24 +32,36 @@ def parse_args(argv=None):
     add_data_args(parser, eval_samples=500)
     add_hub_args(parser)
     g = parser.add_argument_group("guidance network")
-    g.add_argument("--block_out_channels", type=str, default="32,64,128")
-    g.add_argument("--feature_dim", type=int, default=128)
-    g.add_argument("--norm_num_groups", type=int, default=8)
+    g.add_argument("--block_out_channels", type=comma_list(int_at_least(1)), default=(32, 64, 128),
+                   help="Widths of the blocks, comma-separated (e.g. 32,64,128).")
+    g.add_argument("--feature_dim", type=int_at_least(1), default=128)
+    g.add_argument("--norm_num_groups", type=int_at_least(1), default=8, help="Must divide every block width.")
     a = parser.add_argument_group("adversarial loss (TRADES on diffused inputs)")
-    a.add_argument("--beta", type=float, default=6.0, help="Weight of the KL term.")
+    a.add_argument("--beta", type=finite(0), default=6.0, help="Weight of the KL term.")
     a.add_argument("--norm", type=str, default="Linf", choices=["Linf", "L2"])
-    a.add_argument("--eps", type=float, default=0.3, help="Radius of the PGD ball, images in [0, 1].")
-    a.add_argument("--pgd_step_size", type=float, default=0.05)
-    a.add_argument("--pgd_steps", type=int, default=10)
-    a.add_argument("--t_max", type=int, default=None,
+    a.add_argument("--eps", type=finite(0, inclusive_min=False), default=0.3,
+                   help="Radius of the PGD ball, images in [0, 1].")
+    a.add_argument("--pgd_step_size", type=finite(0, inclusive_min=False), default=0.05)
+    a.add_argument("--pgd_steps", type=int_at_least(1), default=10)
+    a.add_argument("--t_max", type=int_at_least(0), default=None,
                    help="Largest training timestep (default: the pipeline's purification strength x schedule).")
-    a.add_argument("--feature_weight", type=float, default=0.0,
+    a.add_argument("--feature_weight", type=finite(0), default=0.0,
                    help="Weight of the feature-consistency term ||h(x~_t) - h(x_t)||^2 (off by default).")
     p = parser.add_argument_group("purification defaults saved with the pipeline")
-    p.add_argument("--strength", type=float, default=None, help="Default: the source pipeline's, else 0.2.")
-    p.add_argument("--num_inference_steps", type=int, default=None, help="Default: the source's, else 10.")
-    p.add_argument("--guidance_scale", type=float, default=30.0)
-    return parse_training_args(parser, argv, __file__)
+    p.add_argument("--strength", type=finite(0, 1, inclusive_min=False), default=None,
+                   help="t* as a fraction of the schedule, in (0, 1]. Default: the source pipeline's, else 0.2.")
+    p.add_argument("--num_inference_steps", type=int_at_least(1), default=None,
+                   help="Default: the source's, else 10.")
+    p.add_argument("--guidance_scale", type=finite(0), default=30.0, help="Latent guidance scale, >= 0.")
+    return parse_training_args(parser, argv, __file__, check=_check_args)
+
+
+def _check_args(args):
+    check_model_source("--pretrained_model_name_or_path", args.pretrained_model_name_or_path, ("model_index.json",))
+    if args.classifier_name_or_path:
+        check_model_source("--classifier_name_or_path", args.classifier_name_or_path,
+                           ("config.json", "model_index.json"))
+    check_group_norm(args.block_out_channels, args.norm_num_groups)
 
 
 def main(argv=None):
@@ -60,10 +74,12 @@ def main(argv=None):
                   else getattr(source, "classifier", None))
     if classifier is not None:
         classifier.requires_grad_(False)
-    strength = args.strength or getattr(source.config, "strength", None) or 0.2
-    num_inference_steps = args.num_inference_steps or getattr(source.config, "num_inference_steps", None) or 10
+    strength = _first_set(args.strength, getattr(source.config, "strength", None), 0.2)
+    num_inference_steps = _first_set(args.num_inference_steps, getattr(source.config, "num_inference_steps", None), 10)
     num_train_timesteps = scheduler.config.num_train_timesteps
-    t_max = args.t_max if args.t_max is not None else int(round(strength * num_train_timesteps))
+    check_steps_fit(strength, num_inference_steps, num_train_timesteps)  # before the data and the loop
+    t_max = args.t_max if args.t_max is not None else min(int(round(strength * num_train_timesteps)),
+                                                          num_train_timesteps - 1)
     if not 0 <= t_max < num_train_timesteps:
         raise ValueError(f"--t_max must be in [0, {num_train_timesteps - 1}], got {t_max}.")
     size = sample_size(unet)
@@ -77,7 +93,7 @@ def main(argv=None):
         if n is not None and n != num_classes:
             raise ValueError(f"The classifier predicts {n} classes but {train_data.name} has {num_classes}.")
     guidance = GuidanceModel(in_channels=unet.config.in_channels, sample_size=size, num_classes=num_classes,
-                             block_out_channels=tuple(int(c) for c in args.block_out_channels.split(",")),
+                             block_out_channels=args.block_out_channels,
                              feature_dim=args.feature_dim, num_train_timesteps=num_train_timesteps,
                              norm_num_groups=args.norm_num_groups)
     alphas_cumprod = scheduler.alphas_cumprod
@@ -96,6 +112,8 @@ def main(argv=None):
             unet=unet, scheduler=scheduler, guidance=model, classifier=classifier, strength=strength,
             num_inference_steps=num_inference_steps, guidance_scale=args.guidance_scale, guidance_mode="latent")
 
+    # The purification defaults are checked now (with the untrained network), not after the training loop.
+    _check_purification_defaults(build_pipeline(guidance), strength, num_inference_steps)
     preview = (monitor or train_data).subset(0, 8)
 
     def purified_grid(model):  # rows: clean, attacked (training attack at t=0), purified with latent guidance
@@ -121,6 +139,16 @@ def main(argv=None):
                   base_model=args.pretrained_model_name_or_path, description=description,
                   extra="Metrics are the guidance network's own accuracy on diffused images (clean, and under the "
                         "training attack), not the robustness of the purification defense.")
+
+
+def _first_set(*values):
+    """The first value that is not None (0 is a value, not "unset")."""
+    return next(v for v in values if v is not None)
+
+
+def _check_purification_defaults(pipe, strength, num_inference_steps) -> None:
+    check_steps_fit(strength, num_inference_steps, pipe.scheduler.config.num_train_timesteps)
+    pipe.resolve_settings(strength=strength, num_inference_steps=num_inference_steps)
 
 
 if __name__ == "__main__":

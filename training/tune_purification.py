@@ -19,33 +19,61 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
 
 from diffusers_agdm.cli import load_pipeline
 from diffusers_agdm.data import load_labelled_images
+from diffusers_agdm.data.datasets import is_test_split
 from diffusers_agdm.evaluation import EvaluationConfig, evaluate
 from diffusers_agdm.loading import load_classifier
+from diffusers_agdm.training.argtypes import check_model_source, check_output_dir, finite, int_at_least
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--pipeline", "--pretrained_model_name_or_path", dest="pipeline", required=True,
+                        help="The trained pipeline (folder or Hub id) to tune.")
     parser.add_argument("--classifier_name_or_path", default=None, help="replace the pipeline's classifier")
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--split", default="validation")
-    parser.add_argument("--strengths", type=float, nargs="+", default=[0.15, 0.2, 0.3])
-    parser.add_argument("--num_inference_steps", type=int, default=10)
-    parser.add_argument("--latent_scales", type=float, nargs="+", default=[30.0, 100.0, 300.0])
-    parser.add_argument("--pixel_scales", type=float, nargs="+", default=[1.0, 10.0])
-    parser.add_argument("--min_clean", type=float, default=0.98)
-    parser.add_argument("--robust_images", type=int, default=48)
+    parser.add_argument("--dataset_name", "--dataset", dest="dataset", default="mnist",
+                        help="The dataset tuned on (a built-in or a Hub dataset id).")
+    parser.add_argument("--split", default="validation", help="Its split tuned on (never the one reported).")
+    parser.add_argument("--allow_test_split", action="store_true",
+                        help="Allow tuning on a split that holds test images (refused otherwise: tuned numbers on the "
+                             "test split are optimistic by selection).")
+    parser.add_argument("--strengths", type=finite(0, 1, inclusive_min=False), nargs="+", default=[0.15, 0.2, 0.3],
+                        help="Candidate t*, each in (0, 1].")
+    parser.add_argument("--num_inference_steps", type=int_at_least(1), default=10)
+    parser.add_argument("--latent_scales", type=finite(0), nargs="+", default=[30.0, 100.0, 300.0],
+                        help="Candidate latent guidance scales, each >= 0.")
+    parser.add_argument("--pixel_scales", type=finite(0), nargs="+", default=[1.0, 10.0],
+                        help="Candidate pixel guidance scales, each >= 0.")
+    parser.add_argument("--min_clean", type=finite(0, 1), default=0.98,
+                        help="Least clean accuracy, in [0, 1], a chosen setting must keep.")
+    parser.add_argument("--robust_images", type=int_at_least(1), default=48,
+                        help="Images of the split attacked per setting.")
     parser.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
-    parser.add_argument("--eps", type=float, default=0.3)
-    parser.add_argument("--pgd_steps", type=int, default=10)
-    parser.add_argument("--eot_samples", type=int, default=1)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eps", type=finite(0, inclusive_min=False), default=0.3)
+    parser.add_argument("--pgd_steps", type=int_at_least(1), default=10)
+    parser.add_argument("--eot_samples", type=int_at_least(1), default=1)
+    parser.add_argument("--batch_size", type=int_at_least(1), default=16)
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument("--output_dir", required=True, help="where the tuned pipeline and tuning.json go")
-    return parser.parse_args(argv)
+    parser.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, default=True,
+                        help="Show a progress bar over the settings tried (main process only).")
+    args = parser.parse_args(argv)
+    try:
+        check_output_dir("--output_dir", args.output_dir)
+        check_model_source("--pipeline", args.pipeline, ("model_index.json",))
+        if args.classifier_name_or_path:
+            check_model_source("--classifier_name_or_path", args.classifier_name_or_path,
+                               ("config.json", "model_index.json"))
+        if is_test_split(args.dataset, args.split) and not args.allow_test_split:
+            raise ValueError(f"The {args.split!r} split of {args.dataset} holds test images; tune on a validation "
+                             "split and report on the test split, or pass --allow_test_split.")
+    except ValueError as err:
+        parser.error(str(err))
+    return args
 
 
 def clean_accuracy(pipe, data, seed: int, batch_size: int = 100, **purify_kwargs) -> float:
@@ -54,7 +82,8 @@ def clean_accuracy(pipe, data, seed: int, batch_size: int = 100, **purify_kwargs
         for start in range(0, len(data), batch_size):
             images = data.images[start:start + batch_size].to(pipe.device)
             purified = pipe.purify(images, generator=torch.Generator().manual_seed(seed + start), **purify_kwargs)
-            correct += (pipe.classifier_logits(purified).argmax(-1).cpu() == data.labels[start:start + batch_size]).sum()
+            predicted = pipe.classifier_logits(purified).argmax(-1).cpu()
+            correct += (predicted == data.labels[start:start + batch_size]).sum()
     return float(correct) / len(data)
 
 
@@ -85,6 +114,9 @@ def main(argv=None):
     robust_data = data.subset(0, args.robust_images)
     steps = args.num_inference_steps
     rows = []
+    settings = len(args.strengths) * (1 + len(args.latent_scales) + len(args.pixel_scales))
+    progress = tqdm(total=settings, desc="tuning purification", unit="setting",
+                    disable=not (args.progress_bar and PartialState().is_main_process))
 
     def record(defense, strength, scale, purify_kwargs, eval_kwargs):
         clean = clean_accuracy(pipe, data, args.seed, strength=strength, num_inference_steps=steps, **purify_kwargs)
@@ -92,8 +124,9 @@ def main(argv=None):
                                  **eval_kwargs)
         rows.append({"defense": defense, "strength": strength, "scale": scale, "clean_accuracy": clean,
                      "robust_accuracy": robust})
-        print(f"t*={strength:<5} {defense:6s} scale {scale:<7g} clean {100 * clean:5.1f}%  robust "
-              f"{100 * robust:5.1f}%  ({time.time() - started:.0f} s)", flush=True)
+        progress.update(1)
+        progress.write(f"t*={strength:<5} {defense:6s} scale {scale:<7g} clean {100 * clean:5.1f}%  robust "
+                       f"{100 * robust:5.1f}%  ({time.time() - started:.0f} s)")
 
     for strength in args.strengths:
         record("none", strength, 0.0, {"guidance": "none"}, {})
@@ -104,6 +137,7 @@ def main(argv=None):
             record("pixel", strength, scale, {"guidance": "pixel", "pixel_guidance_scale": scale},
                    {"pixel_guidance_scale": scale})
 
+    progress.close()
     latent = choose(rows, "latent", args.min_clean)
     if latent is None:
         raise SystemExit(f"No latent-guided setting reached clean accuracy {args.min_clean:.0%}; see the rows above.")

@@ -130,34 +130,78 @@ def _load_foolbox(kind: str, split: str) -> LabelledImages:
         match = pattern.fullmatch(file.name)
         if match is None:
             continue
-        array = np.asarray(Image.open(file), dtype=np.float32) / 255.0
+        with Image.open(file) as image:
+            array = image_to_unit_range(image, where=str(file))
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
         labels.append(int(match.group(2)))
+    if not images:
+        raise ValueError(f"The foolbox wheel holds no {prefix}_*.png images in {folder}.")
     names = {"mnist": MNIST_LABELS, "fashion-mnist": FASHION_LABELS, "cifar10": CIFAR10_LABELS}[kind]
     return LabelledImages(torch.from_numpy(np.stack(images)), torch.tensor(labels), names, f"foolbox-{kind}/test")
+
+
+def image_to_unit_range(item, where: str = "an image") -> np.ndarray:
+    """A PIL image or an array as float32 in [0, 1], (H, W) or (H, W, C), scaled by its *type*: 8-bit / 255, 16-bit
+    / 65535, floating point as is, never by the image's own maximum (a dark image must stay dark). Raises a
+    `ValueError` naming `where` for a value outside the type's range or an unsupported type."""
+    sixteen_bit = False
+    if hasattr(item, "mode") and hasattr(item, "convert"):  # a PIL image
+        if item.mode == "1":
+            item = item.convert("L")
+        elif item.mode == "P":
+            item = item.convert("RGBA" if "transparency" in item.info else "RGB")
+        sixteen_bit = item.mode.startswith("I;16") or item.mode == "I"  # PIL opens 16-bit PNGs as I;16 or I
+    array = np.asarray(item)
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16 or (sixteen_bit and np.issubdtype(array.dtype, np.integer)):
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"{where} is a 16-bit image with values in [{lo}, {hi}], outside [0, 65535].")
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where} contains NaN or inf values.")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ValueError(f"{where} is a floating-point image with values in [{array.min():.3g}, "
+                             f"{array.max():.3g}]; floating-point images must lie in [0, 1].")
+        return array
+    raise ValueError(f"{where} has pixel type {array.dtype}; 8-bit, 16-bit or floating-point images in [0, 1] are "
+                     "supported.")
 
 
 def _load_hf(dataset_name, config_name, data_dir, split, image_column, label_column, cache_dir) -> LabelledImages:
     import datasets
 
-    if data_dir is not None:
-        ds = datasets.load_dataset("imagefolder", data_dir=data_dir, split=split, cache_dir=cache_dir)
-        source = str(data_dir)
-    else:
-        ds = datasets.load_dataset(dataset_name, config_name, split=split, cache_dir=cache_dir)
-        source = dataset_name
+    image_column = image_column or "image"
+    label_column = label_column or "label"
+    try:
+        if data_dir is not None:
+            ds = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split=split, cache_dir=cache_dir)
+            source = str(data_dir)
+        else:
+            ds = datasets.load_dataset(dataset_name, config_name, split=split, cache_dir=cache_dir)
+            source = dataset_name
+    except (OSError, ConnectionError, ValueError) as err:  # not found, offline, empty folder, unknown split, ...
+        what = f"The image folder {data_dir}" if data_dir is not None else \
+            f"The dataset {dataset_name!r} (not a built-in: {', '.join(BUILTIN_DATASETS)}; tried as a Hub id)"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{what} could not be loaded (split {split!r}): {reason}") from err
     columns = list(ds.column_names)
     for role, column in (("image", image_column), ("label", label_column)):
         if column not in columns:
             raise ValueError(f"The {role} column {column!r} is not in {source} (columns: {columns}); pass "
                              f"--{role}_column.")
+    if len(ds) == 0:
+        raise ValueError(f"{source} (split {split!r}) holds no images.")
     feature = ds.features[label_column]
     class_names = list(getattr(feature, "names", None) or [])
     images = []
-    for item in ds[image_column]:
-        array = np.asarray(item, dtype=np.float32)
-        if array.max() > 1.0:
-            array = array / 255.0
+    for index, item in enumerate(ds[image_column]):
+        array = image_to_unit_range(item, where=f"image {index} of {source}")
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
@@ -166,32 +210,83 @@ def _load_hf(dataset_name, config_name, data_dir, split, image_column, label_col
                           f"{source}/{split}")
 
 
+def is_test_split(dataset_name: str | None, split: str, data_dir=None) -> bool:
+    """Whether `split` holds a dataset's test images (never to be trained or tuned on without saying so): a split
+    named "test..." anywhere (a Hub split, an image folder's test/ sub-folder), the MNIST built-in's `heldout` (which
+    contains its test split), and every foolbox-* built-in (the first images of the official test sets). The MNIST
+    built-in's `validation` split is for tuning and is not a test split."""
+    base = split.split("[")[0].strip().lower()
+    if base.startswith("test"):
+        return True
+    if data_dir is None and dataset_name == "mnist":
+        return base == "heldout"
+    return data_dir is None and bool(dataset_name) and dataset_name.startswith("foolbox-")
+
+
+def _check_builtin_options(dataset_name, image_column, label_column, dataset_config_name, cache_dir) -> None:
+    """Options of Hub datasets mean nothing for a built-in: refuse them rather than ignore them."""
+    given = []
+    if image_column not in (None, "image"):
+        given.append(f"image_column={image_column!r}")
+    if label_column not in (None, "label"):
+        given.append(f"label_column={label_column!r}")
+    if dataset_config_name is not None:
+        given.append(f"dataset_config_name={dataset_config_name!r}")
+    if cache_dir is not None:
+        given.append(f"cache_dir={cache_dir!r}")
+    if given:
+        one = len(given) == 1
+        raise ValueError(f"{', '.join(given)} {'does' if one else 'do'} not apply to the built-in dataset "
+                         f"{dataset_name!r} (its columns and files are fixed); leave {'it' if one else 'them'} out.")
+
+
 def load_labelled_images(
     dataset_name: str | None = None,
     split: str = "train",
     *,
     dataset_config_name: str | None = None,
     data_dir: str | os.PathLike | None = None,
-    image_column: str = "image",
-    label_column: str = "label",
+    image_column: str | None = None,
+    label_column: str | None = None,
     cache_dir: str | None = None,
 ) -> LabelledImages:
     """
     Load a labelled split as [0, 1] image tensors: a built-in (`mnist`, `fashion-mnist`, `foolbox-*`, see the module
-    docstring for their fixed splits), a Hub dataset id with `image_column`/`label_column`, or an image folder
-    (`data_dir`, class from the sub-folder name).
+    docstring for their fixed splits), a Hub dataset id with `image_column`/`label_column` (default "image" and
+    "label"), or an image folder (`data_dir`, class from the sub-folder name). Images are scaled by their pixel type
+    (8-bit / 255, 16-bit / 65535, floating point as is). Every failure is a one-line `ValueError`: an unknown or
+    unreachable dataset, an empty split, an option that does not apply to a built-in.
     """
-    if data_dir is None and dataset_name is None:
+    if data_dir is None and not dataset_name:
         raise ValueError("Give a dataset name (a built-in or a Hub dataset id) or a data_dir.")
-    if data_dir is None and dataset_name == "mnist":
-        return _load_mnist(split)
-    if data_dir is None and dataset_name == "fashion-mnist":
-        return _load_fashion_mnist(split)
-    if data_dir is None and dataset_name and dataset_name.startswith("foolbox-"):
-        kind = dataset_name[len("foolbox-"):]
-        if kind not in ("mnist", "fashion-mnist", "cifar10"):
-            raise ValueError(f"Unknown built-in {dataset_name!r}; built-ins are {BUILTIN_DATASETS}.")
-        return _load_foolbox(kind, split)
+    if data_dir is not None and dataset_name:
+        raise ValueError(f"Give a dataset name or a data_dir, not both (got {dataset_name!r} and {str(data_dir)!r}).")
+    if data_dir is not None:
+        path = Path(data_dir)
+        if not path.is_dir():
+            raise ValueError(f"The image folder {path} {'is not a folder' if path.exists() else 'does not exist'}.")
+    elif dataset_name in BUILTIN_DATASETS or dataset_name.startswith("foolbox-"):
+        _check_builtin_options(dataset_name, image_column, label_column, dataset_config_name, cache_dir)
+        if dataset_name == "mnist":
+            data = _load_mnist(split)
+        elif dataset_name == "fashion-mnist":
+            data = _load_fashion_mnist(split)
+        else:
+            kind = dataset_name[len("foolbox-"):]
+            if kind not in ("mnist", "fashion-mnist", "cifar10"):
+                raise ValueError(f"Unknown built-in {dataset_name!r}; built-ins are {', '.join(BUILTIN_DATASETS)}.")
+            data = _load_foolbox(kind, split)
+        if len(data) == 0:
+            raise ValueError(f"The built-in {dataset_name} (split {split!r}) holds no images.")
+        return data
+    else:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(dataset_name)
+        except HFValidationError:
+            raise ValueError(f"Unknown dataset {dataset_name!r}: not a built-in ({', '.join(BUILTIN_DATASETS)}) and "
+                             "not a Hub dataset id.") from None
     return _load_hf(dataset_name, dataset_config_name, data_dir, split, image_column, label_column, cache_dir)
 
 

@@ -3,9 +3,7 @@
 import argparse
 
 from ..data import LabelledImages, check_images_fit, load_labelled_images
-
-# The built-ins' held-out splits are for evaluation only; no training script may read them.
-FORBIDDEN_TRAINING_SPLITS = {"mnist": {"validation", "test", "heldout"}}
+from .args import check_data_args
 
 
 def load_training_data(args: argparse.Namespace, *, channels: int | None = None, size: int | None = None,
@@ -14,9 +12,7 @@ def load_training_data(args: argparse.Namespace, *, channels: int | None = None,
     """Return (train, monitor): the training images and the `--eval_samples` images held back from the end of the
     training split to measure progress. Raises `ValueError` naming the problem (missing column, image size or
     channels that do not fit the model, labels outside its classes, a held-out split) before training starts."""
-    if args.train_data_dir is None and args.split in FORBIDDEN_TRAINING_SPLITS.get(args.dataset_name, set()):
-        raise ValueError(f"The {args.split!r} split of {args.dataset_name} is held out for evaluation; training "
-                         "scripts may only read 'train'.")
+    check_data_args(args)  # again, for callers that build `args` without parse_training_args
     data = load_labelled_images(args.dataset_name, args.split, dataset_config_name=args.dataset_config_name,
                                 data_dir=args.train_data_dir, image_column=args.image_column,
                                 label_column=args.label_column, cache_dir=args.cache_dir)
@@ -33,5 +29,8 @@ def load_training_data(args: argparse.Namespace, *, channels: int | None = None,
         monitor = data.subset(len(data) - args.eval_samples)
         data = data.subset(0, len(data) - args.eval_samples)
     if args.max_train_samples is not None:
+        if args.max_train_samples > len(data):
+            raise ValueError(f"--max_train_samples {args.max_train_samples} is more than the {len(data)} training "
+                             f"images of {data.name}.")
         data = data.subset(0, args.max_train_samples)
     return data, monitor

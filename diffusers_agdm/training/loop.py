@@ -1,13 +1,12 @@
 """The accelerate training loop the three scripts share, shaped like Diffusers' `train_unconditional.py`:
-gradient accumulation, mixed precision, an lr schedule, EMA, `save_state` checkpoints with pruning, exact resume,
-tensorboard logging and a progress bar."""
+gradient accumulation, mixed precision, an lr schedule, EMA, crash-safe `save_state` checkpoints with pruning
+(`checkpoints.py`), exact resume (or a loud error), tensorboard logging and a progress bar."""
 
 import argparse
 import math
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,6 +20,8 @@ from tqdm.auto import tqdm
 
 from ..data import LabelledImages
 from ..distributed import needs_cpu_process_group
+from .checkpoints import (RNG_STATE, check_exact_resume, find_checkpoints, load_rng_state, pause_after_model,
+                          resolve_resume, save_checkpoint, saved_step)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -53,23 +54,6 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
     return accelerator
 
 
-def _checkpoints(output_dir: str) -> list[Path]:
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _resolve_resume(args) -> Path | None:
-    if not args.resume_from_checkpoint:
-        return None
-    if args.resume_from_checkpoint == "latest":
-        found = _checkpoints(args.output_dir)
-        return found[-1] if found else None
-    path = Path(args.resume_from_checkpoint)
-    if not path.is_dir():
-        raise ValueError(f"--resume_from_checkpoint {path} is not a checkpoint folder.")
-    return path
-
-
 def _register_checkpoint_hooks(accelerator, model_name: str, model_cls, ema: EMAModel | None):
     """Checkpoints hold the model (and its EMA) in Diffusers' own format, as `train_unconditional.py` does."""
 
@@ -82,10 +66,15 @@ def _register_checkpoint_hooks(accelerator, model_name: str, model_cls, ema: EMA
                     ema.save_pretrained(os.path.join(output_dir, f"{model_name}_ema"))
             for model in models:
                 model.save_pretrained(os.path.join(output_dir, model_name))
+        pause_after_model(output_dir)
         for _ in list(weights):
             weights.pop()
 
     def load_hook(models, input_dir):
+        # Local folders only: a missing one must be named, not looked up on the Hub.
+        for sub in [model_name] + ([f"{model_name}_ema"] if ema is not None else []):
+            if not os.path.isdir(os.path.join(input_dir, sub)):
+                raise ValueError(f"{os.path.join(input_dir, sub)}: missing from the checkpoint.")
         if ema is not None:
             loaded = EMAModel.from_pretrained(os.path.join(input_dir, f"{model_name}_ema"), model_cls)
             ema.load_state_dict(loaded.state_dict())
@@ -164,13 +153,25 @@ def train_loop(
                                                         if isinstance(v, (int, float, str, bool))})
 
     global_step, first_epoch, resume_batches = 0, 0, 0
-    checkpoint = _resolve_resume(args)
+    checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir, announce=accelerator.print)
+    if checkpoint is None and getattr(args, "overwrite_output_dir", False) and accelerator.is_main_process:
+        complete, incomplete = find_checkpoints(args.output_dir)
+        for old in complete + incomplete:
+            shutil.rmtree(old)
+        if complete + incomplete:
+            accelerator.print(f"Deleted {len(complete + incomplete)} checkpoint(s) of an earlier run "
+                              "(--overwrite_output_dir).")
+    accelerator.wait_for_everyone()
     if args.resume_from_checkpoint and checkpoint is None:
-        accelerator.print(f"No checkpoint in {args.output_dir}; starting a new run.")
+        accelerator.print(f"No complete checkpoint in {args.output_dir}; starting a new run.")
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
+        allow_inexact = getattr(args, "allow_inexact_resume", False)
+        exact = check_exact_resume(checkpoint, accelerator.num_processes, allow_inexact, warn=accelerator.print)
         accelerator.load_state(str(checkpoint))
-        global_step = int(checkpoint.name.split("-")[1])
+        if exact:
+            _check_rng_restored(checkpoint, accelerator.process_index)
+        global_step = saved_step(checkpoint)
         first_epoch = global_step // steps_per_epoch
         resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
 
@@ -212,6 +213,7 @@ def train_loop(
         for images, labels in batches:
             with accelerator.accumulate(model):
                 loss, logs = loss_fn(model, images, labels)
+                _check_finite_loss(accelerator, loss, global_step + 1, args)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -264,12 +266,22 @@ def train_loop(
 
 
 def _save_checkpoint(accelerator, args, step: int) -> None:
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        existing = _checkpoints(args.output_dir)
-        # make room for the one about to be written
-        for old in existing[: max(len(existing) - args.checkpoints_total_limit + 1, 0)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    path = os.path.join(args.output_dir, f"checkpoint-{step}")
-    accelerator.save_state(path)
-    logger.info(f"Saved state to {path}")
+    save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
+
+
+def _check_finite_loss(accelerator, loss: torch.Tensor, step: int, args) -> None:
+    """Stop at the first non-finite loss instead of training NaN weights for hours. Every process sees every
+    process's loss, so all of them stop together."""
+    losses = accelerator.gather(loss.detach().float().reshape(1))
+    if not torch.isfinite(losses).all():
+        raise ValueError(f"The training loss is {losses.tolist()} at step {step}: training diverged. Lower "
+                         f"--learning_rate (now {args.learning_rate:g}) or --max_grad_norm, then resume from the last "
+                         "checkpoint (--resume_from_checkpoint latest) or start over.")
+
+
+def _check_rng_restored(checkpoint, process_index: int) -> None:
+    """accelerate's `load_state` ignores an RNG state it fails to apply; an exact resume must not."""
+    saved = load_rng_state(checkpoint / RNG_STATE.format(process_index))["torch_manual_seed"]
+    if not torch.equal(torch.get_rng_state(), saved):
+        raise ValueError(f"{checkpoint / RNG_STATE.format(process_index)} was not restored; resume would not be "
+                         "exact (pass --allow_inexact_resume to continue anyway).")
