@@ -4,14 +4,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusers_agdm.attacks import (
+    AttackObjective,
     BPDAClassifier,
+    apgd,
     attack_loss,
     autoattack,
+    autoattack_rand,
+    checkpoints,
     eot_gradient,
+    guidance_target_logits,
+    per_image_loss,
     pgd,
     rescore,
     surrogate_defense,
 )
+from diffusers_agdm.evaluation import check_converged
 from dummies import CLASSES, dummy_images, dummy_pipeline
 
 
@@ -116,9 +123,14 @@ def test_pgd_is_reproducible_with_a_generator_and_zero_eps_is_the_identity():
 def test_attack_losses():
     logits = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0]])
     labels = torch.tensor([0, 2])
-    torch.testing.assert_close(attack_loss(logits, labels, "ce"), F.cross_entropy(logits, labels, reduction="sum"))
+    torch.testing.assert_close(attack_loss(logits, labels, "ce").float(),
+                               F.cross_entropy(logits, labels, reduction="sum"))
     # margin: best wrong logit minus the true one, summed: (1.0 - 2.0) + (3.0 - (-1.0))
-    torch.testing.assert_close(attack_loss(logits, labels, "margin"), torch.tensor(3.0))
+    torch.testing.assert_close(attack_loss(logits, labels, "margin").float(), torch.tensor(3.0))
+    # DLR: the margin over (largest - third largest logit): (1 - 2) / (2 - 0.5) + (3 - (-1)) / (3 - (-1))
+    torch.testing.assert_close(attack_loss(logits, labels, "dlr").float(), torch.tensor(-1 / 1.5 + 1.0))
+    with pytest.raises(ValueError, match="3 classes"):
+        attack_loss(logits[:, :2], torch.tensor([0, 1]), "dlr")
 
 
 def test_eot_gradient_is_the_average_of_single_gradients():
@@ -141,7 +153,7 @@ def test_one_pgd_step_follows_the_sign_of_the_eot_gradient():
     model.reseed(7)
     grad = eot_gradient(model, x, y, "ce", eot_samples=4)
     model.reseed(7)
-    x_adv = pgd(model, x, y, eps=0.1, steps=1, step_size=0.05, eot_samples=4, random_start=False)
+    x_adv = pgd(model, x, y, eps=0.1, steps=1, step_size=0.05, eot_samples=4, random_start=False, loss="ce")
     torch.testing.assert_close(x_adv, x + 0.05 * grad.sign())
 
 
@@ -277,3 +289,161 @@ def test_a_model_that_cuts_the_graph_is_reported_not_silently_skipped():
     x, y = images_it_gets_right(model, n=2)
     with pytest.raises(RuntimeError, match="BPDAClassifier"):
         pgd(lambda images: model(images.detach()), x, y, eps=0.1, steps=1)
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+def test_cross_entropy_gradient_never_vanishes_on_a_confident_prediction():
+    """float32 F.cross_entropy rounds p_y - 1 to 0 once the margin passes ~17 (the embedded default's median
+    margin is ~26); the stable form keeps the exact, well-directed gradient."""
+    logits = torch.tensor([[40.0, 0.0, -3.0, 1.0]], requires_grad=True)
+    label = torch.tensor([0])
+    textbook = torch.autograd.grad(F.cross_entropy(logits, label), logits)[0]
+    assert textbook[0, 0] == 0  # the failure this guards against: the true logit's pull, p_y - 1, rounds to 0
+    ours = torch.autograd.grad(per_image_loss(logits, label, "ce").sum(), logits)[0]
+    # The exact gradient, written without the cancellation: softmax for the wrong classes, minus their sum for the
+    # true one (even float64 autograd of the textbook form gives 0 there at this margin).
+    exact = torch.softmax(logits.detach().double(), -1)
+    exact[0, 0] = -exact[0, 1:].sum()
+    assert ours[0, 0] < 0 and (ours[0, 1:] > 0).all()
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=0)
+
+
+def saturated_linear(num_classes=4):
+    """A linear model with logit margins of 9 to 98: the float32 textbook CE loses the true logit's pull."""
+    model = linear_classifier(num_classes)
+    with torch.no_grad():
+        model[1].weight.mul_(15.0)
+        model[1].bias.mul_(15.0)
+    return model
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_l2_attacks_do_not_stall_on_saturated_logits(attack):
+    model = saturated_linear()
+    x, y = images_it_gets_right(model, n=8)
+    logits = model(x).detach().requires_grad_(True)
+    textbook = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), logits)[0]
+    assert (textbook.gather(1, y[:, None]) == 0).sum() >= 4
+    kwargs = {"step_size": 0.5} if attack == "pgd" else {}
+    x_adv = (pgd if attack == "pgd" else apgd)(model, x, y, eps=3.0, norm="L2", steps=20, loss="ce",
+                                                generator=torch.Generator().manual_seed(0), **kwargs)
+    # Gradients this small made the old L2 step (grad / norm.clamp_min(1e-12)) ~0: PGD never left its start.
+    probe = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(per_image_loss(model(probe), y, "ce").sum(), probe)[0]
+    assert grad.flatten(1).norm(dim=1).min() < 1e-12
+    assert (model(x_adv).argmax(-1) == y).float().mean() == 0
+
+
+# ---------------------------------------------------------------------------------------------------- APGD
+def test_apgd_checkpoints_follow_the_papers_schedule():
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.3), ("L2", 2.0)])
+def test_apgd_flips_exactly_what_can_be_flipped_and_stays_in_the_ball(norm, eps):
+    model = linear_classifier(num_classes=2, seed=0)
+    x, y = images_it_gets_right(model)
+    x_adv = apgd(model, x, y, eps=eps, norm=norm, steps=30, restarts=2, generator=torch.Generator().manual_seed(0))
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().max(1).values if norm == "Linf" else delta.norm(dim=1)
+    assert size.max() <= eps * (1 + 1e-5) and x_adv.min() >= 0 and x_adv.max() <= 1
+    if norm == "Linf":
+        breakable = model(best_linf_attack(model, x, y, eps)).argmax(-1) != y
+        assert torch.equal(model(x_adv).argmax(-1) != y, breakable)
+
+
+def test_apgd_returns_the_worst_point_it_met_and_records_a_monotone_history():
+    model = linear_classifier()
+    x, y = images_it_gets_right(model, n=8)
+    x_adv, history = apgd(model, x, y, eps=0.05, steps=10, restarts=2, loss="margin",
+                          generator=torch.Generator().manual_seed(1), record_at=(1, 5, 10, 20))
+    assert sorted(history) == [1, 5, 10, 20]
+    losses = [per_image_loss(model(history[n]), y, "margin") for n in (1, 5, 10, 20)]
+    for earlier, later in zip(losses, losses[1:]):
+        assert (later >= earlier - 1e-6).all()  # the worst point so far never gets better for the attacker
+    torch.testing.assert_close(history[20], x_adv, rtol=0, atol=0)
+    # No point is left at the clean input, even where nothing could be flipped.
+    assert ((x_adv - x).flatten(1).abs().max(1).values > 0).all()
+
+
+def test_apgd_targeted_restarts_aim_at_the_next_likely_classes():
+    model = linear_classifier()
+    x, y = images_it_gets_right(model, n=8)
+    x_adv, history = apgd(model, x, y, eps=1.0, steps=5, restarts=1, targeted_restarts=2, record_at=(5, 15),
+                          generator=torch.Generator().manual_seed(0))
+    assert (model(x_adv).argmax(-1) != y).all()
+    # The targeted runs count in the budget and in the record (3 runs of 5 iterations).
+    torch.testing.assert_close(history[15], x_adv, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="below the number of classes"):
+        apgd(model, x, y, eps=0.3, steps=2, targeted_restarts=4)
+    with pytest.raises(ValueError, match="record_at"):
+        apgd(model, x, y, eps=0.3, steps=2, record_at=(3,))
+
+
+def test_apgd_is_reproducible_and_eot_draws_can_share_a_batch():
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2])
+    runs = [apgd(NoisyLinear(seed=0), x, y, eps=0.1, steps=4, eot_samples=2, eot_batch=batch,
+                 generator=torch.Generator().manual_seed(2)) for batch in (1, 1, 2)]
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    assert runs[2].shape == x.shape and (runs[2] - x).abs().max() <= 0.1 + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------- guidance target
+def test_guidance_target_logits_are_what_latent_guidance_takes_its_class_from():
+    pipe = dummy_pipeline()
+    defended = pipe.defended_classifier(seed=0, guidance="latent")
+    x = dummy_images(3)
+    logits = guidance_target_logits(defended, x)
+    reference = x * 2 - 1
+    expected = pipe.guidance(reference, torch.zeros(1, dtype=torch.long)).logits
+    torch.testing.assert_close(logits, expected)
+    with pytest.raises(ValueError, match="guidance network"):
+        guidance_target_logits(linear_classifier(), x)
+
+
+def test_the_guidance_term_adds_the_guidance_networks_margin_gradient():
+    pipe = dummy_pipeline()
+    x, y = dummy_images(2), torch.tensor([0, 1])
+    plain = AttackObjective(pipe.defended_classifier(seed=0, guidance="latent"), "margin")(x, y)
+    guided = AttackObjective(pipe.defended_classifier(seed=0, guidance="latent"), "margin", guidance_weight=2.0)(x, y)
+    z = x.clone().requires_grad_(True)
+    term = per_image_loss(guidance_target_logits(pipe.defended_classifier(seed=0), z), y, "margin")
+    term_grad = torch.autograd.grad(term.sum(), z)[0]
+    torch.testing.assert_close(guided.gradient, plain.gradient + 2.0 * term_grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(guided.loss, plain.loss)  # the worst iterate is still chosen by the defense's loss
+
+
+# ---------------------------------------------------------------------------------------------------- AutoAttack rand
+def test_autoattack_rand_never_returns_the_clean_input_for_an_unflipped_point():
+    """torchattacks' APGD hands back the clean image for every point one pass did not flip; re-scored over K runs
+    of a randomised defense that is a clean image. Ours returns the worst iterate instead."""
+    model = NoisyLinear()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    y = model.linear(x).argmax(-1)
+    x_adv = autoattack_rand(model, x, y, eps=1e-3, steps=3, eot_samples=2)  # too small to flip anything
+    assert ((x_adv - x).flatten(1).abs().max(1).values > 0).all()
+    assert (x_adv - x).abs().max() <= 1e-3 + 1e-7
+
+
+# ---------------------------------------------------------------------------------------------------- convergence
+def robust_fraction(model, x, y, x_adv):
+    return ((model(x).argmax(-1) == y) & (model(x_adv).argmax(-1) == y)).float().mean().item()
+
+
+def test_the_convergence_check_fails_a_weak_attack_and_passes_the_default():
+    """A linear model whose images need the whole Linf ball to flip. PGD-5 with a short fixed step (and CE) stops
+    half-way, so doubling its steps breaks many more images: the check must say "not converged". The default
+    attack (APGD, margin loss) gives the same number at 100 and 200 iterations: the check passes."""
+    model = linear_classifier(num_classes=2, seed=0)
+    x, y = images_it_gets_right(model, n=32)
+    weak = {steps: pgd(model, x, y, eps=0.3, steps=steps, step_size=0.3 / 8, loss="ce", random_start=False)
+            for steps in (5, 10)}
+    check = check_converged("linear", "the steps", ("5 steps", robust_fraction(model, x, y, weak[5])),
+                            ("10 steps", robust_fraction(model, x, y, weak[10])), 32)
+    assert not check.passed and "not converged" in check.detail
+    strong = {steps: apgd(model, x, y, eps=0.3, steps=steps, generator=torch.Generator().manual_seed(0))
+              for steps in (100, 200)}
+    check = check_converged("linear", "the steps", ("100 steps", robust_fraction(model, x, y, strong[100])),
+                            ("200 steps", robust_fraction(model, x, y, strong[200])), 32)
+    assert check.passed, check.detail

@@ -25,8 +25,8 @@ from dummies import CLASSES, dummy_images, dummy_pipeline
 
 # Tiny budgets: these tests check the machinery. On tiny random components the sanity thresholds are not
 # meaningful, so they run with allow_failed_sanity unless a test is about the checks themselves.
-TINY = dict(pgd_steps=2, eot_samples=1, rescore_runs=3, batch_size=3, sanity_images=2, sanity_steps=(1, 2),
-            sanity_eot=(1, 2), num_examples=2, show_progress_bar=False, allow_failed_sanity=True)
+TINY = dict(steps=2, eot_samples=1, rescore_runs=3, batch_size=3, sanity_images=2, convergence_checks=("steps", "eot"),
+            num_examples=2, show_progress_bar=False, allow_failed_sanity=True)
 
 
 def labelled_data(pipe, n=4, seed=0) -> LabelledImages:
@@ -43,12 +43,11 @@ def test_the_four_defenses_share_t_star_and_steps_and_differ_only_in_guidance():
     specs = {s.name: s for s in defense_specs(pipe, DEFENSES, guidance_scale=7.0, pixel_guidance_scale=3.0,
                                               strength=0.2, num_inference_steps=2)}
     assert list(specs) == list(DEFENSES)
-    assert specs["none"].purify_kwargs == {"guidance": "none", "guidance_scale": 0.0, "strength": 0.2,
-                                           "num_inference_steps": 2}
-    assert (specs["pixel"].purify_kwargs["guidance"], specs["pixel"].purify_kwargs["pixel_guidance_scale"]) == (
-        "pixel", 3)
-    assert (specs["latent"].purify_kwargs["guidance"], specs["latent"].purify_kwargs["guidance_scale"]) == ("latent",
-                                                                                                           7)
+    none, pixel, latent = specs["none"].settings, specs["pixel"].settings, specs["latent"].settings
+    assert (none.guidance.mode, none.guidance.scale, none.strength, none.num_inference_steps) == ("none", 0, 0.2, 2)
+    assert (pixel.guidance.mode, pixel.guidance.scale) == ("pixel", 3)
+    assert (latent.guidance.mode, latent.guidance.scale) == ("latent", 7)
+    assert specs["undefended"].settings is None
     described = {name: spec.describe(pipe) for name, spec in specs.items()}
     first = int(pipe.get_timesteps(0.2, 2)[0])
     for name in ("none", "pixel", "latent"):
@@ -120,7 +119,8 @@ def evaluated(tmp_path_factory):
     pipe = dummy_pipeline()
     data = labelled_data(pipe, n=4)
     out = tmp_path_factory.mktemp("evaluation")
-    config = EvaluationConfig(attacks=("pgd", "bpda", "surrogate"), seeds=(0, 1), eps_grid=(0.1,), **TINY)
+    config = EvaluationConfig(attacks=("apgd", "apgd-guidance", "pgd", "bpda", "surrogate"), seeds=(0, 1),
+                              eps_grid=(0.1,), **TINY)
     result = evaluate(pipe, data, config, output_dir=out, pipeline_name="dummy", command="test")
     return result, out, data
 
@@ -130,14 +130,19 @@ def test_evaluate_reports_every_defense_attack_and_setting(evaluated):
     report = json.loads((out / "results.json").read_text())
     assert report == json.loads(json.dumps(result.report))
     assert set(report["results"]) == set(DEFENSES)
-    for by_attack in report["results"].values():
-        assert set(by_attack) == {"clean", "pgd", "bpda", "surrogate"}
+    for defense, by_attack in report["results"].items():
+        guided = {"apgd-guidance"} if defense == "latent" else set()  # the guidance-target attack needs guidance
+        assert set(by_attack) == {"clean", "apgd", "pgd", "bpda", "surrogate"} | guided
+        for stat in by_attack.values():
+            assert set(stat) == {"all", "majority", "single"}
     settings = report["settings"]
     assert settings["threat_model"] == {"norm": "Linf", "eps": 0.3, "eps_grid": [0.1, 0.3]}
-    assert settings["pgd"]["steps"] == 2 and settings["pgd"]["step_size"] == pytest.approx(2.5 * 0.3 / 2)
+    assert settings["attack"]["steps"] == 2 and settings["attack"]["pgd_step_size"] == pytest.approx(2.5 * 0.3 / 2)
+    assert settings["attack"]["gradient_evaluations_per_image"] == 2 and settings["attack"]["loss"] == "margin"
+    assert "clean and attacked" in settings["robust_rule"]
     assert settings["seeds"] == [0, 1] and settings["rescore_runs"] == 3
     assert settings["surrogate"]["num_inference_steps"] == {"none": 1, "pixel": 1, "latent": 1}
-    assert report["defenses"]["latent"]["first_timestep"] == int(dummy_pipeline().get_timesteps(0.3, 3)[0])
+    assert report["defenses"]["latent"]["first_timestep"] == dummy_pipeline().resolve_settings().first_timestep
     run = report["run"]
     assert run["versions"]["diffusers_agdm"] and run["versions"]["torch"] and run["wall_time_s"] > 0
     assert run["command"] == "test" and report["pipeline"] == "dummy"
@@ -145,46 +150,72 @@ def test_evaluate_reports_every_defense_attack_and_setting(evaluated):
     assert report["results"]["undefended"]["clean"]["all"]["mean"] == 1.0
 
 
-def test_accuracies_are_the_per_image_records_and_std_is_over_seeds(evaluated):
+def test_robust_accuracy_counts_only_clean_correct_images_and_std_is_over_seeds(evaluated):
     result, _, data = evaluated
     report = result.report
     k = report["settings"]["rescore_runs"]
+    rules = {"all": lambda r: r["correct_runs"] == k, "majority": lambda r: 2 * r["correct_runs"] > k,
+             "single": lambda r: r["run0_correct"]}
     for defense in DEFENSES:
-        for attack in ("clean", "pgd"):
+        for attack in ("clean", "apgd", "pgd"):
             stat = report["results"][defense][attack]
             per_seed = {}
             for seed in (0, 1):
-                rows = [r for r in report["per_image"] if (r["defense"], r["attack"], r["seed"]) == (defense, attack,
-                                                                                                   seed)]
-                assert sorted(r["index"] for r in rows) == list(range(len(data)))
-                per_seed[seed] = (sum(r["correct_runs"] == k for r in rows) / len(rows),
-                                  sum(2 * r["correct_runs"] > k for r in rows) / len(rows))
-                assert stat["all"]["per_seed"][str(seed)] == per_seed[seed][0]
-                assert stat["majority"]["per_seed"][str(seed)] == per_seed[seed][1]
-                assert per_seed[seed][0] <= per_seed[seed][1]
-            values = [per_seed[0][0], per_seed[1][0]]
+                rows = {(r["attack"], r["index"]): r for r in report["per_image"]
+                        if (r["defense"], r["seed"]) == (defense, seed)}
+                assert sorted(i for a, i in rows if a == attack) == list(range(len(data)))
+                for kind, ok in rules.items():
+                    # Robust = right on the attacked image AND on the clean one, under the same score.
+                    hits = [ok(rows[(attack, i)]) and ok(rows[("clean", i)]) for i in range(len(data))]
+                    per_seed[(seed, kind)] = sum(hits) / len(hits)
+                    assert stat[kind]["per_seed"][str(seed)] == per_seed[(seed, kind)]
+                assert per_seed[(seed, "all")] <= per_seed[(seed, "majority")]
+                assert per_seed[(seed, "all")] <= per_seed[(seed, "single")]
+            values = [per_seed[(0, "all")], per_seed[(1, "all")]]
             assert stat["all"]["mean"] == pytest.approx(sum(values) / 2)
             assert stat["all"]["std"] == pytest.approx(torch.tensor(values).std().item())
-    # The eps curve starts at clean accuracy and passes through the nominal-eps PGD result.
+            low, high = stat["all"]["ci95"]
+            assert 0 <= low <= stat["all"]["mean"] <= high <= 1
+    # The eps curve starts at clean accuracy and passes through the nominal-eps result of the first attack.
     for defense, points in report["eps_curve"].items():
         assert [p["eps"] for p in points] == [0.0, 0.1, 0.3]
         assert points[0]["all"] == report["results"][defense]["clean"]["all"]
-        assert points[-1]["all"] == report["results"][defense]["pgd"]["all"]
+        assert points[-1]["all"] == report["results"][defense]["apgd"]["all"]
+
+
+def test_an_image_wrong_when_clean_is_never_counted_robust():
+    """Records where the defense is wrong on a clean image but right on its adversarial one: not robust."""
+    from diffusers_agdm.evaluation import Aggregate, EvaluationPlan, Records
+
+    config = EvaluationConfig(defenses=("none",), rescore_runs=3, **{k: v for k, v in TINY.items()
+                                                                     if k not in ("rescore_runs",)})
+    config.validate()
+    plan = EvaluationPlan(config, 2, ["none"])
+    clean, attacked = plan.job("none", "clean", 0), plan.job("none", "apgd", 0)
+    outputs = [{"job": clean, "start": 0, "correct_runs": [0, 3], "run0_correct": [False, True],
+                "predictions": [1, 0], "seconds": 0.0},
+               {"job": attacked, "start": 0, "correct_runs": [3, 3], "run0_correct": [True, True],
+                "predictions": [0, 0], "seconds": 0.0}]
+    aggregate = Aggregate(plan, Records(outputs, 3), [0, 0])
+    for kind in ("all", "majority", "single"):
+        assert aggregate.accuracy(clean, kind) == 0.5
+        assert aggregate.accuracy(attacked, kind) == 0.5  # image 0 is right attacked, but wrong clean
 
 
 def test_markdown_png_and_examples_are_written_and_consistent(evaluated):
     result, out, data = evaluated
     markdown = (out / "results.md").read_text()
-    assert "| latent guidance (AGDM) |" in markdown and "PGD-EOT (exact gradient)" in markdown
+    assert "| latent guidance (AGDM) |" in markdown and "APGD-EOT (exact gradient)" in markdown
+    assert "robust in one defense run" in markdown and "n/a" in markdown  # apgd-guidance on unguided defenses
     assert "## Sanity checks" in markdown and "gradient is exact [latent]" in markdown
     for name in ("robust_accuracy_vs_eps.png", "examples_grid.png"):
         with Image.open(out / name) as image:
             assert image.size[0] > 200 and image.size[1] > 200
     examples = result.examples
-    assert examples["attack"] == "pgd" and set(examples["defenses"]) == set(DEFENSES)
+    assert examples["attack"] == "apgd" and set(examples["defenses"]) == set(DEFENSES)
     torch.testing.assert_close(examples["images"], data.images[:2])
     rows = {(r["defense"], r["index"]): r for r in result.report["per_image"]
-            if r["attack"] == "pgd" and r["seed"] == 0}
+            if r["attack"] == "apgd" and r["seed"] == 0}
     for defense, ex in examples["defenses"].items():
         assert (ex["adversarial"] - examples["images"]).abs().max() <= 0.3 + 1e-6
         # The purified image shown is the one scoring run 0 classified.
@@ -196,12 +227,15 @@ def test_markdown_png_and_examples_are_written_and_consistent(evaluated):
 def test_sanity_checks_are_in_every_report(evaluated):
     result, _, _ = evaluated
     names = [c["name"] for c in result.report["sanity_checks"]]
-    assert names[0] == "undefended falls under PGD"
+    # The undefended collapse is checked on every seed.
+    assert names[:2] == ["undefended falls under attack [seed 0]", "undefended falls under attack [seed 1]"]
     for defense in ("none", "pixel", "latent"):
-        for stem in ("huge eps reaches chance", "robust accuracy does not rise with more PGD steps",
-                     "robust accuracy does not rise with more EOT samples", "gradient is exact"):
+        for stem in ("huge eps reaches chance", "attack converged: doubling the steps",
+                     "attack converged: doubling the EOT draws", "gradient is exact"):
             assert f"{stem} [{defense}]" in names
     assert all(c["status"] in ("PASSED", "FAILED") for c in result.report["sanity_checks"])
+    huge = [job for job in result.report["run"]["seconds_per_job"]["latent"] if "eps=1 " in job]
+    assert huge and all("no-random-start" in job for job in huge)  # the start alone cannot pass the check
 
 
 def test_same_seed_same_numbers():
@@ -218,9 +252,9 @@ def test_a_broken_attack_fails_loudly_after_writing_the_report(tmp_path, capsys)
     evaluation must fail, say so, and still write what it measured."""
     pipe = dummy_pipeline()
     data = labelled_data(pipe, n=2)
-    config = EvaluationConfig(defenses=("undefended",), pgd_step_size=1e-9, random_start=False,
+    config = EvaluationConfig(defenses=("undefended",), attacks=("pgd",), step_size=1e-9, random_start=False,
                               **{**TINY, "allow_failed_sanity": False})
-    with pytest.raises(SanityCheckError, match="undefended falls under PGD") as error:
+    with pytest.raises(SanityCheckError, match="undefended falls under attack") as error:
         evaluate(pipe, data, config, output_dir=tmp_path)
     assert not error.value.result.passed
     assert "SANITY CHECK FAILED" in capsys.readouterr().out
@@ -237,7 +271,10 @@ def test_a_broken_attack_fails_loudly_after_writing_the_report(tmp_path, capsys)
     ({"defenses": ("latent", "jpeg")}, "Unknown defenses"),
     ({"rescore_runs": 0}, "rescore_runs"),
     ({"seeds": (0, 0)}, "seeds"),
-    ({"sanity_steps": (10,)}, "sanity_steps"),
+    ({"convergence_checks": ("steps", "loss")}, "convergence checks"),
+    ({"loss": "hinge"}, "loss"),
+    ({"targeted_restarts": CLASSES}, "targeted_restarts"),
+    ({"attacks": ("apgd-guidance",), "defenses": ("none",)}, "apgd-guidance"),
     ({"eps_grid": (-0.2,)}, "eps"),
     ({"pixel_guidance_scale": -1.0}, "guidance_scale"),
     ({"attacks": ("autoattack-standard",), "num_classes": 3}, "at least 4 classes"),
@@ -266,20 +303,61 @@ def test_bad_data_raises_clear_errors():
         evaluate(pipe, LabelledImages(torch.rand(2, 1, 9, 9), data.labels, [], "big"), EvaluationConfig(**TINY))
     with pytest.raises(ValueError, match="no classifier"):
         evaluate(dummy_pipeline(with_classifier=False), data, EvaluationConfig(**TINY))
-    with pytest.raises(ValueError, match="Unknown evaluation setting"):
+    with pytest.raises(ValueError, match="Unknown evaluation settings"):
         evaluate(pipe, data, EvaluationConfig(**TINY), epsilon=0.3)
 
 
 def test_units_are_shared_once_each_and_attacks_spread_over_processes():
-    from diffusers_agdm.evaluation.runner import Job, Unit, share_units, unit_cost
+    from diffusers_agdm.evaluation import Job, Unit, share_units, unit_cost
 
-    jobs = [Job(d, a, "Linf", 0.3, 0 if a == "clean" else 10, 0.075, 0 if a == "clean" else 1, 64, 0)
-            for d in DEFENSES for a in ("clean", "pgd")]
+    jobs = [Job(d, a, 64, 0) if a == "clean" else Job(d, a, 64, 0, eps=0.3, steps=10, eot_samples=1, restarts=1)
+            for d in DEFENSES for a in ("clean", "apgd")]
     units = [Unit(job, start, start + 32) for start in (0, 32) for job in jobs] + [Unit(None, 0, 1, "latent")]
     shares = [share_units(units, p, 2) for p in range(2)]
     assert sorted(map(units.index, shares[0] + shares[1])) == list(range(len(units)))
     for share in shares:
         assert share == [u for u in units if u in share]  # kept in run order
-        assert sum(1 for u in share if u.job is not None and u.job.attack == "pgd" and u.job.defense != "undefended") == 3
+        assert sum(1 for u in share if u.job is not None and u.job.attack == "apgd" and u.job.defense != "undefended") == 3
     loads = [sum(map(unit_cost, share)) for share in shares]
     assert max(loads) <= 1.1 * min(loads)
+
+
+# ---------------------------------------------------------------------------------------------------- resuming
+def test_a_resumed_evaluation_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    from diffusers_agdm.evaluation.execution import UnitRunner
+
+    pipe = dummy_pipeline()
+    data = labelled_data(pipe, n=4, seed=5)
+    config = EvaluationConfig(defenses=("none", "latent"), **{**TINY, "gradient_check": False})
+    uninterrupted = evaluate(pipe, data, config, output_dir=tmp_path / "one-go").report
+
+    real_run, calls = UnitRunner.run, []
+
+    def dies_after_five(self, unit, *args, **kwargs):
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed")
+        calls.append(unit)
+        return real_run(self, unit, *args, **kwargs)
+
+    monkeypatch.setattr(UnitRunner, "run", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pipe, data, config, output_dir=tmp_path / "resumed")
+    monkeypatch.setattr(UnitRunner, "run", lambda self, unit, *a, **k: (calls.append(unit), real_run(
+        self, unit, *a, **k))[1])
+    resumed = evaluate(pipe, data, config, output_dir=tmp_path / "resumed").report
+    assert len(calls) == len(set(calls)) > 5  # no finished unit ran twice
+    assert resumed["results"] == uninterrupted["results"] and resumed["per_image"] == uninterrupted["per_image"]
+    # Another setting never reuses those units.
+    other = evaluate(pipe, data, config.replace(eps=0.2), output_dir=tmp_path / "resumed").report
+    assert other["run"]["fingerprint"] != resumed["run"]["fingerprint"]
+
+
+def test_the_output_folder_is_checked_before_any_work(tmp_path, monkeypatch):
+    from diffusers_agdm.evaluation.execution import UnitRunner
+
+    monkeypatch.setattr(UnitRunner, "run", lambda *a, **k: pytest.fail("work started"))
+    pipe = dummy_pipeline()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="not a folder"):
+        evaluate(pipe, labelled_data(pipe, n=2), EvaluationConfig(**TINY), output_dir=blocker)

@@ -6,7 +6,8 @@ All three are computed so that their gradient never vanishes on a confident pred
 the logit margin passes ~17 (the embedded default's median margin is ~26), and L2 PGD then stalls at its random start.
 Here CE is written as ``softplus(logsumexp_{j != y}(z_j - z_y))``: the same value, and a gradient
 ``sigmoid(m) * (softmax of the other logits, -1)`` that is a tiny but exact, well-directed number instead of a
-cancellation.
+cancellation. (Its size, ~exp(-margin), still underflows in float32 beyond a margin of ~100; the margin and DLR
+losses, whose gradients do not shrink with confidence, have no such limit.)
 """
 
 import torch

@@ -42,7 +42,8 @@ def eot_gradient(model, images: torch.Tensor, labels: torch.Tensor, loss: str = 
                  eot_samples: int = 1) -> torch.Tensor:
     """
     The gradient of the attack loss averaged over `eot_samples` independent calls of a stochastic `model` (each call
-    draws fresh purification noise); see [`AttackObjective`], which this wraps.
+    draws fresh purification noise), one call after the other (so the draws are those of `eot_samples` plain calls);
+    see [`AttackObjective`], which this wraps.
 
     Example:
 
@@ -54,7 +55,7 @@ def eot_gradient(model, images: torch.Tensor, labels: torch.Tensor, loss: str = 
     torch.Size([2, 1, 2, 2])
     ```
     """
-    return AttackObjective(model, loss, eot_samples)(images, labels).gradient
+    return AttackObjective(model, loss, eot_samples, eot_batch=1)(images, labels).gradient
 
 
 def _per_image_norm(x: torch.Tensor) -> torch.Tensor:
