@@ -90,14 +90,23 @@ def guidance_gradient(guidance_model, x_t, timestep, reference_t, target_label, 
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         x = x_t if (create_graph and x_t.requires_grad) else x_t.detach().requires_grad_(True)
-        out = guidance_model(x, timestep)
         objective = x.new_zeros(())
         if settings.feature_weight:
-            with torch.set_grad_enabled(create_graph):
-                ref_features = guidance_model(reference_t, timestep).features
-            objective = objective - settings.feature_weight * (out.features - ref_features).pow(2).sum()
+            # x_t and x'_t in one forward (one batch of 2B): half the calls of the guidance network per step. The
+            # reference half only needs a graph when the caller differentiates through it (an attack).
+            batch = x.shape[0]
+            both = torch.cat([x, reference_t if create_graph else reference_t.detach()])
+            per_image = torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.numel() == batch > 1
+            out = guidance_model(both, torch.cat([timestep, timestep]) if per_image else timestep)
+            features, ref_features = out.features[:batch], out.features[batch:]
+            if not create_graph:
+                ref_features = ref_features.detach()
+            objective = objective - settings.feature_weight * (features - ref_features).pow(2).sum()
+            logits = out.logits[:batch]
+        else:
+            logits = guidance_model(x, timestep).logits
         if settings.class_guidance:
-            log_probs = torch.log_softmax(out.logits, dim=-1)
+            log_probs = torch.log_softmax(logits, dim=-1)
             objective = objective + log_probs.gather(1, target_label[:, None]).sum()
         (grad,) = torch.autograd.grad(objective, x, create_graph=create_graph)
     return grad
