@@ -282,6 +282,11 @@ def test_tune_purification_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
         (["--latent_scales", "-3"], "argument --latent_scales: must be a finite number >= 0"),
         (["--min_clean", "98"], "argument --min_clean: must be a finite number >= 0 and <= 1"),
         (["--robust_images", "0"], "argument --robust_images: must be an integer >= 1"),
+        (["--steps", "0"], "argument --steps: must be an integer >= 1"),
+        (["--rescore_runs", "0"], "argument --rescore_runs: must be an integer >= 1"),
+        (["--loss", "hinge"], "argument --loss: invalid choice"),
+        (["--attack", "bpda"], "argument --attack: invalid choice"),
+        (["--pgd_steps", "3"], "unrecognized arguments: --pgd_steps"),
         (["--output_dir", str(a_file)], "is an existing file, not a folder"),
         (["--pipeline", str(tmp_path / "nowhere")], "no such folder"),
         (["--split", "test"], "holds test images"),
@@ -301,16 +306,32 @@ def test_tune_purification_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
     module = _script("tune_purification")
     data = LabelledImages(dummy_images(4), torch.tensor([0, 1, 2, 3]), [], "tiny/validation")
     monkeypatch.setattr(module, "load_labelled_images", lambda *a, **k: data)
-    module.main(["--pipeline", str(pipe_dir), "--output_dir", str(tmp_path / "tuned"), "--strengths", "0.3",
-                 "--num_inference_steps", "2", "--latent_scales", "5", "--pixel_scales", "1", "--robust_images", "2",
-                 "--pgd_steps", "1", "--min_clean", "0", "--batch_size", "2"])
+    tiny = ["--pipeline", str(pipe_dir), "--strengths", "0.3", "--num_inference_steps", "2", "--latent_scales", "5",
+            "--pixel_scales", "1", "--robust_images", "2", "--steps", "1", "--rescore_runs", "3", "--min_clean", "0",
+            "--batch_size", "2"]
+    module.main([*tiny, "--output_dir", str(tmp_path / "tuned")])
     err = capsys.readouterr().err
     assert "tuning purification" in err and "3/3" in err
-    assert json.loads((tmp_path / "tuned" / "tuning.json").read_text())["rows"][-1]["defense"] == "pixel"
-    module.main(["--pipeline", str(pipe_dir), "--output_dir", str(tmp_path / "tuned2"), "--strengths", "0.3",
-                 "--num_inference_steps", "2", "--latent_scales", "5", "--pixel_scales", "1", "--robust_images", "2",
-                 "--pgd_steps", "1", "--min_clean", "0", "--batch_size", "2", "--no-progress_bar"])
+    tuning = json.loads((tmp_path / "tuned" / "tuning.json").read_text())
+    assert tuning["rows"][-1]["defense"] == "pixel"
+    assert tuning["settings"]["attack"] == "apgd" and tuning["settings"]["loss"] == "margin"
+    assert "K = 3" in tuning["rule"] and "clean-correct" in tuning["rule"]
+    for row in tuning["rows"]:  # the choice is made on the "all K runs" scores; robust implies clean-correct
+        assert set(row["clean"]) == set(row["robust"]) == {"all", "majority", "single"}
+        assert row["clean_accuracy"] == row["clean"]["all"] and row["robust_accuracy"] == row["robust"]["all"]
+        assert row["robust"]["all"] <= row["robust"]["majority"]
+    module.main([*tiny, "--output_dir", str(tmp_path / "tuned2"), "--no-progress_bar"])
     assert "tuning purification" not in capsys.readouterr().err
+
+
+def test_tune_purification_chooses_by_the_all_runs_score_among_clean_enough_settings():
+    module = _script("tune_purification")
+    rows = [{"defense": "latent", "strength": 0.2, "scale": 5.0, "clean_accuracy": 0.99, "robust_accuracy": 0.4},
+            {"defense": "latent", "strength": 0.3, "scale": 5.0, "clean_accuracy": 0.96, "robust_accuracy": 0.6},
+            {"defense": "latent", "strength": 0.3, "scale": 1.0, "clean_accuracy": 0.98, "robust_accuracy": 0.4},
+            {"defense": "pixel", "strength": 0.2, "scale": 1.0, "clean_accuracy": 1.0, "robust_accuracy": 0.9}]
+    assert module.choose(rows, "latent", 0.97) is rows[0]  # 0.6 is not clean enough; the tie goes to the smaller t*
+    assert module.choose(rows, "latent", 0.995) is None
 
 
 # ---------------------------------------------------------------------------------------------------------- data
