@@ -158,7 +158,9 @@ def main(argv=None):
             "rescore_runs": report["settings"]["rescore_runs"], "robust_rule": report["settings"]["robust_rule"],
             "seeds": report["settings"]["seeds"], "sanity": report["sanity_checks"],
             "sanity_passed": report["sanity_passed"], "images": len(subset),
-            "wall_time_s": report["run"]["wall_time_s"], "command": report["run"]["command"]}
+            "wall_time_s": report["run"]["wall_time_s"], "command": report["run"]["command"],
+            # Compute seconds of every unit, also those a resumed run read back from an earlier process.
+            "compute_s": sum(sum(by_job.values()) for by_job in report["run"]["seconds_per_job"].values())}
         rows += table_rows(norm, len(subset), report)
     if partial_state().is_main_process:
         results_dir = Path(args.results_dir)
