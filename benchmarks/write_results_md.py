@@ -56,7 +56,8 @@ def throughput(r) -> list[str]:
         ratio = modes["latent"]["ratio_to_unguided"]
         lines += [f"### {name}", "",
                   f"UNet {params['unet'] / 1e6:.2f}M and guidance network {params['guidance'] / 1e6:.2f}M parameters; "
-                  f"t* = {res['strength']}, {res['num_inference_steps']} DDIM steps, batch {res['batch_size']}, median "
+                  f"t* = {res['strength']}, {res['num_inference_steps']} DDIM steps, batch {res['batch_size']}, "
+                  "median "
                   f"of {res['repeats']} interleaved repeats, latent scale {res['guidance_scale']}.", "",
                   markdown_table(["guidance", "images / s", "s / batch", "time vs unguided"], rows), "",
                   f"Target latent / unguided <= 1.25x: **{'met' if ratio <= 1.25 else 'not met'}** ({ratio:.2f}x).",
@@ -175,9 +176,9 @@ def readme_table(r) -> str:
         rule = f"Robust accuracy counts an image if all K = {k} fresh runs of the defense classify its adversarial " \
                "example correctly (clean-correct or not)."
     return (markdown_table(["defense", "clean %", *headers], rows) + "\n\n"
-            f"{rule} {_spread_note(r['settings']['seeds'])} Clean accuracy is from the first column's images; each column "
-            f"attacks the first N test images it names, so columns with different N are not directly comparable; "
-            f"n/a: the attack does not apply to the defense.{failed_note} Budgets, the majority-of-K and one-run "
+            f"{rule} {_spread_note(r['settings']['seeds'])} Clean accuracy is from the first column's images; each "
+            f"column attacks the first N test images it names, so columns with different N are not directly "
+            f"comparable; n/a: the attack does not apply to the defense.{failed_note} Budgets, the majority-of-K and one-run "
             f"scores, sanity checks, shortfalls and commands: [benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
 
 
