@@ -456,6 +456,53 @@ def test_package_default_reads_every_input_before_touching_the_shipped_default(t
     assert sorted(p.name for p in target.parent.iterdir()) == ["agdm-mnist"]
 
 
+def test_package_default_writes_the_card_from_the_scored_report_without_measuring(tmp_path, monkeypatch, capsys):
+    from dummies import dummy_images, dummy_pipeline
+
+    from diffusers_agdm.data import LabelledImages
+    from diffusers_agdm.evaluation import EvaluationConfig, evaluate
+    from diffusers_agdm.evaluation.execution import UnitRunner
+    from diffusers_agdm.evaluation.report import format_accuracy
+
+    module = _script("package_default")
+    monkeypatch.setattr(module, "TARGET", tmp_path / "pretrained" / "agdm-mnist")
+    pipe = dummy_pipeline()
+    pipe.save_pretrained(tmp_path / "tuned")
+    data = LabelledImages(dummy_images(4), torch.tensor([0, 1, 2, 3]), [], "tiny/test")
+    config = EvaluationConfig(defenses=("undefended", "latent"), steps=1, rescore_runs=3, sanity_images=0,
+                              gradient_check=False, num_examples=0, allow_failed_sanity=True, show_progress_bar=False)
+    report = evaluate(pipe, data, config, output_dir=tmp_path / "eval", command="agdm evaluate --tiny").report
+    tuning = {"command": "python training/tune_purification.py --tiny", "settings": {
+        "attack": "apgd", "steps": 1, "loss": "margin", "rescore_runs": 3, "robust_images": 2},
+        "rows": [{"defense": "latent", "strength": 0.3, "scale": 5.0, "clean_accuracy": 1.0, "robust_accuracy": 0.5}]}
+    (tmp_path / "tuned" / "tuning.json").write_text(json.dumps(tuning))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "training_metrics.json").write_text(json.dumps(
+        {"command": "train", "seed": 0, "global_step": 1, "wall_time_s": 1.0, "final": {}}))
+    capsys.readouterr()
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("packaging measured something")
+
+    monkeypatch.setattr(UnitRunner, "run", no_measuring)
+    old = json.loads((tmp_path / "eval" / "results.json").read_text())
+    old["settings"].pop("attack")  # a report of the earlier `agdm evaluate` (PGD, no clean-and-robust rule)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    argv = ["--pipeline", str(tmp_path / "tuned"), "--training_runs", str(tmp_path / "run"), "--evaluations"]
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([*argv, str(tmp_path / "old.json")])
+    assert exit_info.value.code == 2 and "not a results.json of the current `agdm evaluate`" in capsys.readouterr().err
+    module.main([*argv, str(tmp_path / "eval" / "results.json")])
+    card = (tmp_path / "pretrained" / "agdm-mnist" / "README.md").read_text()
+    latent = report["results"]["latent"]
+    assert "both clean and attacked" in card and "K = 3" in card
+    for title in ("robust in all 3 defense runs", "robust in a majority of 3 defense runs", "robust in one defense run"):
+        assert title in card, title
+    assert format_accuracy(latent["apgd"]["majority"]) in card and "95% interval" in card
+    assert f"{100 * latent['apgd']['all']['mean']:.1f}%" in card  # the conservative score heads the card
+    assert "robust % (first 2, APGD-1, margin loss; clean-and-robust, correct in all K = 3 runs)" in card
+
+
 def test_a_new_run_never_silently_mixes_with_an_earlier_runs_checkpoints(stopped_run, folder, capsys):
     with pytest.raises(SystemExit):  # forgot --resume_from_checkpoint: refused, the earlier run is kept
         _train_classifier_in_process(folder, stopped_run, 4)
