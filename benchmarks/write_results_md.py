@@ -178,8 +178,8 @@ def readme_table(r) -> str:
     return (markdown_table(["defense", "clean %", *headers], rows) + "\n\n"
             f"{rule} {_spread_note(r['settings']['seeds'])} Clean accuracy is from the first column's images; each "
             f"column attacks the first N test images it names, so columns with different N are not directly "
-            f"comparable; n/a: the attack does not apply to the defense.{failed_note} Budgets, the majority-of-K and one-run "
-            f"scores, sanity checks, shortfalls and commands: [benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
+            f"comparable; n/a: the attack does not apply to the defense.{failed_note} Budgets, the majority-of-K and "
+            f"one-run scores, sanity checks, shortfalls and commands: [benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
 
 
 def update_readme(r, readme: Path = README) -> None:

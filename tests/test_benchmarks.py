@@ -7,8 +7,10 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import shutil
-import sys
+import subprocess
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel, SmallImageClassifier
+from diffusers_agdm.evaluation import EvaluationConfig
 from diffusers_agdm.evaluation.execution import UnitRunner
 from diffusers_agdm.evaluation.report import format_accuracy
 
@@ -222,3 +225,22 @@ def test_attack_memory_checkpointing_leaves_the_gradient_unchanged(mnist_pipelin
     for steps in (1, 2):
         plain, checkpointed = by[(steps, False)]["grad_abs_sum"], by[(steps, True)]["grad_abs_sum"]
         assert plain > 0 and checkpointed == pytest.approx(plain, rel=1e-5)
+
+
+@pytest.mark.parametrize("script, norm, eps", [("evaluate_mnist.sh", "Linf", "0.3"),
+                                               ("evaluate_mnist_l2.sh", "L2", "2.0")])
+def test_evaluate_mnist_scripts_pass_only_settings_the_evaluation_knows(tmp_path, script, norm, eps):
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n')  # records the command line
+    (stub / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub}{os.pathsep}{os.environ['PATH']}", "ARGS_FILE": str(tmp_path / "args")}
+    subprocess.run(["bash", str(BENCHMARKS / script), "runs/pipe", str(tmp_path / "out")], env=env, check=True,
+                   timeout=60)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:3] == ["-m", "diffusers_agdm.cli", "evaluate"]
+    flags = {arg[2:] for arg in args if arg.startswith("--")}
+    known = {f.name for f in fields(EvaluationConfig)} | {"pipeline", "split", "num_images", "output_dir"}
+    assert flags <= known, flags - known
+    value = {flag: args[args.index(f"--{flag}") + 1] for flag in ("norm", "eps", "steps", "loss", "rescore_runs")}
+    assert value == {"norm": norm, "eps": eps, "steps": "100", "loss": "margin", "rescore_runs": "5"}

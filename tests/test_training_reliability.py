@@ -496,7 +496,8 @@ def test_package_default_writes_the_card_from_the_scored_report_without_measurin
     card = (tmp_path / "pretrained" / "agdm-mnist" / "README.md").read_text()
     latent = report["results"]["latent"]
     assert "both clean and attacked" in card and "K = 3" in card
-    for title in ("robust in all 3 defense runs", "robust in a majority of 3 defense runs", "robust in one defense run"):
+    for title in ("robust in all 3 defense runs", "robust in a majority of 3 defense runs",
+                  "robust in one defense run"):
         assert title in card, title
     assert format_accuracy(latent["apgd"]["majority"]) in card and "95% interval" in card
     assert f"{100 * latent['apgd']['all']['mean']:.1f}%" in card  # the conservative score heads the card
