@@ -287,6 +287,7 @@ def test_tune_purification_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
         (["--loss", "hinge"], "argument --loss: invalid choice"),
         (["--attack", "bpda"], "argument --attack: invalid choice"),
         (["--pgd_steps", "3"], "unrecognized arguments: --pgd_steps"),
+        (["--work_dir", str(tmp_path / "tuned" / "work")], "lies inside --output_dir"),
         (["--output_dir", str(a_file)], "is an existing file, not a folder"),
         (["--pipeline", str(tmp_path / "nowhere")], "no such folder"),
         (["--split", "test"], "holds test images"),
@@ -300,6 +301,7 @@ def test_tune_purification_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
     from dummies import dummy_images, dummy_pipeline
 
     from diffusers_agdm.data import LabelledImages
+    from diffusers_agdm.evaluation.execution import UnitRunner
 
     pipe_dir = tmp_path / "pipe"
     dummy_pipeline().save_pretrained(pipe_dir)
@@ -320,8 +322,19 @@ def test_tune_purification_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
         assert set(row["clean"]) == set(row["robust"]) == {"all", "majority", "single"}
         assert row["clean_accuracy"] == row["clean"]["all"] and row["robust_accuracy"] == row["robust"]["all"]
         assert row["robust"]["all"] <= row["robust"]["majority"]
-    module.main([*tiny, "--output_dir", str(tmp_path / "tuned2"), "--no-progress_bar"])
+    work = ["--work_dir", str(tmp_path / "work")]
+    module.main([*tiny, *work, "--output_dir", str(tmp_path / "tuned2"), "--no-progress_bar"])
     assert "tuning purification" not in capsys.readouterr().err
+    assert (tmp_path / "work" / "latent-t0.3-s5" / "results.json").is_file()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a finished attack was computed again")
+
+    monkeypatch.setattr(UnitRunner, "run", no_work)  # a rerun with the same --work_dir resumes every attack
+    module.main([*tiny, *work, "--output_dir", str(tmp_path / "tuned3")])
+    assert json.loads((tmp_path / "tuned3" / "tuning.json").read_text())["rows"] == \
+        json.loads((tmp_path / "tuned2" / "tuning.json").read_text())["rows"]
+    assert not list((tmp_path / "tuned3").rglob("results.json"))  # the pipeline folder holds only the pipeline
 
 
 def test_tune_purification_chooses_by_the_all_runs_score_among_clean_enough_settings():

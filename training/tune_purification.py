@@ -80,11 +80,21 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int_at_least(1), default=16)
     parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument("--output_dir", required=True, help="where the tuned pipeline and tuning.json go")
+    parser.add_argument("--work_dir", default=None,
+                        help="Where each setting's evaluation report and finished units go (outside --output_dir, "
+                             "which holds only the pipeline); rerun with the same one to resume an interrupted "
+                             "tuning without recomputing any finished attack.")
     parser.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, default=True,
                         help="Show a progress bar over the settings tried (main process only).")
     args = parser.parse_args(argv)
     try:
         check_output_dir("--output_dir", args.output_dir)
+        if args.work_dir is not None:
+            check_output_dir("--work_dir", args.work_dir)
+            work, out = Path(args.work_dir).resolve(), Path(args.output_dir).resolve()
+            if work == out or out in work.parents:
+                raise ValueError(f"--work_dir {args.work_dir} lies inside --output_dir {args.output_dir}, which "
+                                 "becomes the tuned pipeline; give a folder outside it.")
         check_model_source("--pipeline", args.pipeline, ("model_index.json",))
         if args.classifier_name_or_path:
             check_model_source("--classifier_name_or_path", args.classifier_name_or_path,
@@ -127,9 +137,10 @@ def clean_accuracy(pipe, data, args, **purification) -> dict:
             "single": correct[0].float().mean().item()}
 
 
-def robust_accuracy(pipe, data, args, defense: str, **settings) -> dict:
-    """Clean-and-robust accuracy of one setting under the three scores, from `evaluate` itself."""
-    result = evaluate(pipe, data, evaluation_config(args, defense, **settings))
+def robust_accuracy(pipe, data, args, defense: str, output_dir=None, **settings) -> dict:
+    """Clean-and-robust accuracy of one setting under the three scores, from `evaluate` itself (resumable in
+    `output_dir`)."""
+    result = evaluate(pipe, data, evaluation_config(args, defense, **settings), output_dir=output_dir)
     by_score = result.report["results"][defense][args.attack]
     return {kind: float(by_score[kind]["mean"]) for kind in SCORES}
 
@@ -160,8 +171,9 @@ def main(argv=None):
 
     def record(defense, strength, scale, purify_kwargs, eval_kwargs):
         clean = clean_accuracy(pipe, data, args, strength=strength, num_inference_steps=steps, **purify_kwargs)
-        robust = robust_accuracy(pipe, robust_data, args, defense, strength=strength, num_inference_steps=steps,
-                                 **eval_kwargs)
+        work = None if args.work_dir is None else Path(args.work_dir) / f"{defense}-t{strength:g}-s{scale:g}"
+        robust = robust_accuracy(pipe, robust_data, args, defense, output_dir=work, strength=strength,
+                                 num_inference_steps=steps, **eval_kwargs)
         # `clean_accuracy` / `robust_accuracy` are the "all K runs" scores the choice is made on.
         rows.append({"defense": defense, "strength": strength, "scale": scale, "clean_accuracy": clean["all"],
                      "robust_accuracy": robust["all"], "clean": clean, "robust": robust})
