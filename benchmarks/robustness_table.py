@@ -83,9 +83,10 @@ def parse_args(argv=None):
             parser.error(f"--{name} takes one value or one per norm ({len(args.norms)}), got {len(values)}")
         args.per_norm[name] = dict(zip(args.norms, values * len(args.norms) if len(values) == 1 else values))
     try:  # every setting checked before the pipeline and the data are loaded
-        for norm, attacks, images, sanity in planned_runs(args):
-            if images < 1:
-                raise ValueError(f"--num_images must be >= 1, got {images}.")
+        if args.autoattack_images < 0 or any(n < 1 for n in args.num_images):
+            raise ValueError(f"--num_images must be >= 1 and --autoattack_images >= 0, got {args.num_images} and "
+                             f"{args.autoattack_images}.")
+        for norm, attacks, _, sanity in planned_runs(args):
             run_config(args, norm, attacks, sanity)
     except ValueError as err:
         parser.error(str(err))

@@ -115,7 +115,8 @@ def test_robustness_table_refuses_bad_settings_before_loading(monkeypatch, capsy
     monkeypatch.setattr(module, "load", lambda *a, **k: pytest.fail("the pipeline was loaded"))
     for extra, says in [(["--loss", "hinge"], "invalid choice"), (["--steps", "0"], "`steps` must be an integer"),
                         (["--num_images", "1", "2", "3"], "--num_images takes one value or one per norm"),
-                        (["--seeds", "0", "0"], "`seeds` has repeats")]:
+                        (["--seeds", "0", "0"], "`seeds` has repeats"),
+                        (["--autoattack_images", "-1"], "--autoattack_images >= 0")]:
         with pytest.raises(SystemExit) as exit_info:
             module.main(extra)
         assert exit_info.value.code == 2
