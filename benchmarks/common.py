@@ -33,14 +33,18 @@ def load(pipeline: str | None):
     return pipe
 
 
-def write_results(name: str, settings: dict, numbers, started: float) -> Path:
+def write_results(name: str, settings: dict, numbers, started: float, results_dir: Path = RESULTS_DIR) -> Path:
+    """Write `<results_dir>/<name>.json` (atomically: a crash never leaves half a results file)."""
     import diffusers_agdm
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
     payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                "diffusers_agdm_version": diffusers_agdm.__version__, "machine": machine(), "settings": settings,
                "wall_time_s": round(time.time() - started, 1), "results": numbers}
-    path.write_text(json.dumps(payload, indent=2))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
     print(f"\nwrote {path}")
     return path

@@ -47,13 +47,13 @@ def measure(pipe, batch_size: int, repeats: int, seed: int) -> dict:
     size = pipe.sample_size
     images = torch.rand(batch_size, cfg.in_channels, size, size,
                         generator=torch.Generator().manual_seed(seed)).to(pipe.device)
-    scale = {"none": 0.0, "latent": pipe.config.guidance_scale, "pixel": pipe.config.pixel_guidance_scale}
+    # Each mode at the pipeline's own tuned scale (`resolve_settings` fills it in: `guidance_scale` is latent-only).
+    settings = {mode: pipe.resolve_settings(guidance=mode) for mode in MODES}
 
     def run(mode):
         with torch.no_grad():
             start = time.perf_counter()
-            pipe.purify(images, guidance=mode, guidance_scale=scale[mode],
-                        generator=torch.Generator().manual_seed(seed))
+            pipe.purify(images, settings=settings[mode], generator=torch.Generator().manual_seed(seed))
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             return time.perf_counter() - start

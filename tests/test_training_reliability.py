@@ -282,6 +282,12 @@ def test_tune_purification_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
         (["--latent_scales", "-3"], "argument --latent_scales: must be a finite number >= 0"),
         (["--min_clean", "98"], "argument --min_clean: must be a finite number >= 0 and <= 1"),
         (["--robust_images", "0"], "argument --robust_images: must be an integer >= 1"),
+        (["--steps", "0"], "argument --steps: must be an integer >= 1"),
+        (["--rescore_runs", "0"], "argument --rescore_runs: must be an integer >= 1"),
+        (["--loss", "hinge"], "argument --loss: invalid choice"),
+        (["--attack", "bpda"], "argument --attack: invalid choice"),
+        (["--pgd_steps", "3"], "unrecognized arguments: --pgd_steps"),
+        (["--work_dir", str(tmp_path / "tuned" / "work")], "lies inside --output_dir"),
         (["--output_dir", str(a_file)], "is an existing file, not a folder"),
         (["--pipeline", str(tmp_path / "nowhere")], "no such folder"),
         (["--split", "test"], "holds test images"),
@@ -295,22 +301,50 @@ def test_tune_purification_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
     from dummies import dummy_images, dummy_pipeline
 
     from diffusers_agdm.data import LabelledImages
+    from diffusers_agdm.evaluation.execution import UnitRunner
 
     pipe_dir = tmp_path / "pipe"
     dummy_pipeline().save_pretrained(pipe_dir)
     module = _script("tune_purification")
     data = LabelledImages(dummy_images(4), torch.tensor([0, 1, 2, 3]), [], "tiny/validation")
     monkeypatch.setattr(module, "load_labelled_images", lambda *a, **k: data)
-    module.main(["--pipeline", str(pipe_dir), "--output_dir", str(tmp_path / "tuned"), "--strengths", "0.3",
-                 "--num_inference_steps", "2", "--latent_scales", "5", "--pixel_scales", "1", "--robust_images", "2",
-                 "--pgd_steps", "1", "--min_clean", "0", "--batch_size", "2"])
+    tiny = ["--pipeline", str(pipe_dir), "--strengths", "0.3", "--num_inference_steps", "2", "--latent_scales", "5",
+            "--pixel_scales", "1", "--robust_images", "2", "--steps", "1", "--rescore_runs", "3", "--min_clean", "0",
+            "--batch_size", "2"]
+    module.main([*tiny, "--output_dir", str(tmp_path / "tuned")])
     err = capsys.readouterr().err
     assert "tuning purification" in err and "3/3" in err
-    assert json.loads((tmp_path / "tuned" / "tuning.json").read_text())["rows"][-1]["defense"] == "pixel"
-    module.main(["--pipeline", str(pipe_dir), "--output_dir", str(tmp_path / "tuned2"), "--strengths", "0.3",
-                 "--num_inference_steps", "2", "--latent_scales", "5", "--pixel_scales", "1", "--robust_images", "2",
-                 "--pgd_steps", "1", "--min_clean", "0", "--batch_size", "2", "--no-progress_bar"])
+    tuning = json.loads((tmp_path / "tuned" / "tuning.json").read_text())
+    assert tuning["rows"][-1]["defense"] == "pixel"
+    assert tuning["settings"]["attack"] == "apgd" and tuning["settings"]["loss"] == "margin"
+    assert "K = 3" in tuning["rule"] and "clean-correct" in tuning["rule"]
+    for row in tuning["rows"]:  # the choice is made on the "all K runs" scores; robust implies clean-correct
+        assert set(row["clean"]) == set(row["robust"]) == {"all", "majority", "single"}
+        assert row["clean_accuracy"] == row["clean"]["all"] and row["robust_accuracy"] == row["robust"]["all"]
+        assert row["robust"]["all"] <= row["robust"]["majority"]
+    work = ["--work_dir", str(tmp_path / "work")]
+    module.main([*tiny, *work, "--output_dir", str(tmp_path / "tuned2"), "--no-progress_bar"])
     assert "tuning purification" not in capsys.readouterr().err
+    assert (tmp_path / "work" / "latent-t0.3-s5" / "results.json").is_file()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a finished attack was computed again")
+
+    monkeypatch.setattr(UnitRunner, "run", no_work)  # a rerun with the same --work_dir resumes every attack
+    module.main([*tiny, *work, "--output_dir", str(tmp_path / "tuned3")])
+    assert json.loads((tmp_path / "tuned3" / "tuning.json").read_text())["rows"] == \
+        json.loads((tmp_path / "tuned2" / "tuning.json").read_text())["rows"]
+    assert not list((tmp_path / "tuned3").rglob("results.json"))  # the pipeline folder holds only the pipeline
+
+
+def test_tune_purification_chooses_by_the_all_runs_score_among_clean_enough_settings():
+    module = _script("tune_purification")
+    rows = [{"defense": "latent", "strength": 0.2, "scale": 5.0, "clean_accuracy": 0.99, "robust_accuracy": 0.4},
+            {"defense": "latent", "strength": 0.3, "scale": 5.0, "clean_accuracy": 0.96, "robust_accuracy": 0.6},
+            {"defense": "latent", "strength": 0.3, "scale": 1.0, "clean_accuracy": 0.98, "robust_accuracy": 0.4},
+            {"defense": "pixel", "strength": 0.2, "scale": 1.0, "clean_accuracy": 1.0, "robust_accuracy": 0.9}]
+    assert module.choose(rows, "latent", 0.97) is rows[0]  # 0.6 is not clean enough; the tie goes to the smaller t*
+    assert module.choose(rows, "latent", 0.995) is None
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -433,6 +467,54 @@ def test_package_default_reads_every_input_before_touching_the_shipped_default(t
     module.replace_folder(new, target)
     assert (target / "model_index.json").read_text() == '{"new": true}' and not new.exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["agdm-mnist"]
+
+
+def test_package_default_writes_the_card_from_the_scored_report_without_measuring(tmp_path, monkeypatch, capsys):
+    from dummies import dummy_images, dummy_pipeline
+
+    from diffusers_agdm.data import LabelledImages
+    from diffusers_agdm.evaluation import EvaluationConfig, evaluate
+    from diffusers_agdm.evaluation.execution import UnitRunner
+    from diffusers_agdm.evaluation.report import format_accuracy
+
+    module = _script("package_default")
+    monkeypatch.setattr(module, "TARGET", tmp_path / "pretrained" / "agdm-mnist")
+    pipe = dummy_pipeline()
+    pipe.save_pretrained(tmp_path / "tuned")
+    data = LabelledImages(dummy_images(4), torch.tensor([0, 1, 2, 3]), [], "tiny/test")
+    config = EvaluationConfig(defenses=("undefended", "latent"), steps=1, rescore_runs=3, sanity_images=0,
+                              gradient_check=False, num_examples=0, allow_failed_sanity=True, show_progress_bar=False)
+    report = evaluate(pipe, data, config, output_dir=tmp_path / "eval", command="agdm evaluate --tiny").report
+    tuning = {"command": "python training/tune_purification.py --tiny", "settings": {
+        "attack": "apgd", "steps": 1, "loss": "margin", "rescore_runs": 3, "robust_images": 2},
+        "rows": [{"defense": "latent", "strength": 0.3, "scale": 5.0, "clean_accuracy": 1.0, "robust_accuracy": 0.5}]}
+    (tmp_path / "tuned" / "tuning.json").write_text(json.dumps(tuning))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "training_metrics.json").write_text(json.dumps(
+        {"command": "train", "seed": 0, "global_step": 1, "wall_time_s": 1.0, "final": {}}))
+    capsys.readouterr()
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("packaging measured something")
+
+    monkeypatch.setattr(UnitRunner, "run", no_measuring)
+    old = json.loads((tmp_path / "eval" / "results.json").read_text())
+    old["settings"].pop("attack")  # a report of the earlier `agdm evaluate` (PGD, no clean-and-robust rule)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    argv = ["--pipeline", str(tmp_path / "tuned"), "--training_runs", str(tmp_path / "run"), "--evaluations"]
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([*argv, str(tmp_path / "old.json")])
+    assert exit_info.value.code == 2 and "not a results.json of the current `agdm evaluate`" in capsys.readouterr().err
+    module.main([*argv, str(tmp_path / "eval" / "results.json")])
+    card = (tmp_path / "pretrained" / "agdm-mnist" / "README.md").read_text()
+    latent = report["results"]["latent"]
+    assert "both clean and attacked" in card and "K = 3" in card
+    for title in ("robust in all 3 defense runs", "robust in a majority of 3 defense runs",
+                  "robust in one defense run"):
+        assert title in card, title
+    assert format_accuracy(latent["apgd"]["majority"]) in card and "95% interval" in card
+    assert f"{100 * latent['apgd']['all']['mean']:.1f}%" in card  # the conservative score heads the card
+    assert "robust % (first 2, APGD-1, margin loss; clean-and-robust, correct in all K = 3 runs)" in card
 
 
 def test_a_new_run_never_silently_mixes_with_an_earlier_runs_checkpoints(stopped_run, folder, capsys):

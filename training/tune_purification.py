@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Choose a trained pipeline's purification defaults (t*, latent guidance scale; the pixel-guidance baseline's scale
-too) on a validation split, under the same exact-gradient attack the evaluation uses, and save the tuned pipeline.
+too) on a validation split, under the same exact-gradient attack and the same scoring as `agdm evaluate`, and save
+the tuned pipeline.
 
-For each t* in --strengths: clean accuracy of every setting on the whole split, and robust accuracy under
-exact-gradient PGD on the first --robust_images images. The chosen t* and latent scale maximise latent-guided robust
-accuracy among settings whose clean accuracy is at least --min_clean (ties: the smaller t*, then the smaller scale);
-the pixel scale is chosen the same way at that t*, so the baseline is tuned as carefully as the method. Report the
-final numbers on a different split (e.g. `agdm evaluate --split test`): tuning numbers are optimistic by selection.
+For each t* in --strengths and each setting: clean accuracy on the whole split and clean-and-robust accuracy on the
+first --robust_images images (default attack: APGD-EOT with the margin loss), every image scored over K =
+--rescore_runs fresh defense runs. An image counts as robust only if it is classified correctly both clean and
+attacked. The chosen t* and latent scale maximise latent-guided robust accuracy correct in all K runs among settings
+whose clean accuracy (all K runs correct) is at least --min_clean (ties: the smaller t*, then the smaller scale); the
+pixel scale is chosen the same way at that t*, so the baseline is tuned as carefully as the method. Report the final
+numbers on a different split (e.g. `agdm evaluate --split test`): tuning numbers are optimistic by selection.
 
     python training/tune_purification.py --pipeline runs/agdm-mnist --dataset mnist --split validation \\
         --output_dir runs/agdm-mnist-tuned
@@ -14,6 +17,7 @@ final numbers on a different split (e.g. `agdm evaluate --split test`): tuning n
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,12 +26,18 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from diffusers_agdm.cli import load_pipeline
+from diffusers_agdm import load_pipeline
+from diffusers_agdm.attacks import LOSSES, rescore
 from diffusers_agdm.data import load_labelled_images
 from diffusers_agdm.data.datasets import is_test_split
-from diffusers_agdm.evaluation import EvaluationConfig, evaluate
+from diffusers_agdm.evaluation import SCORES, EvaluationConfig, evaluate
+from diffusers_agdm.evaluation.seeds import derive_seed
 from diffusers_agdm.loading import load_classifier
 from diffusers_agdm.training.argtypes import check_model_source, check_output_dir, finite, int_at_least
+
+# The attacks a setting can be tuned under: each applies to all three purification defenses.
+TUNING_ATTACKS = ("apgd", "pgd")
+DEFAULTS = EvaluationConfig()
 
 
 def parse_args(argv=None):
@@ -43,27 +53,48 @@ def parse_args(argv=None):
                              "test split are optimistic by selection).")
     parser.add_argument("--strengths", type=finite(0, 1, inclusive_min=False), nargs="+", default=[0.15, 0.2, 0.3],
                         help="Candidate t*, each in (0, 1].")
-    parser.add_argument("--num_inference_steps", type=int_at_least(1), default=10)
+    parser.add_argument("--num_inference_steps", type=int_at_least(1), default=10,
+                        help="Reverse (purification) steps of every setting.")
     parser.add_argument("--latent_scales", type=finite(0), nargs="+", default=[30.0, 100.0, 300.0],
                         help="Candidate latent guidance scales, each >= 0.")
     parser.add_argument("--pixel_scales", type=finite(0), nargs="+", default=[1.0, 10.0],
                         help="Candidate pixel guidance scales, each >= 0.")
-    parser.add_argument("--min_clean", type=finite(0, 1), default=0.98,
-                        help="Least clean accuracy, in [0, 1], a chosen setting must keep.")
+    parser.add_argument("--min_clean", type=finite(0, 1), default=0.97,
+                        help="Least clean accuracy (correct in all K runs), in [0, 1], a chosen setting must keep.")
     parser.add_argument("--robust_images", type=int_at_least(1), default=48,
                         help="Images of the split attacked per setting.")
     parser.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
     parser.add_argument("--eps", type=finite(0, inclusive_min=False), default=0.3)
-    parser.add_argument("--pgd_steps", type=int_at_least(1), default=10)
-    parser.add_argument("--eot_samples", type=int_at_least(1), default=1)
+    parser.add_argument("--attack", default="apgd", choices=TUNING_ATTACKS,
+                        help="The exact-gradient attack every setting is tuned under (as in `agdm evaluate`).")
+    parser.add_argument("--steps", type=int_at_least(1), default=DEFAULTS.steps,
+                        help="Attack iterations per run (per restart).")
+    parser.add_argument("--restarts", type=int_at_least(1), default=DEFAULTS.restarts,
+                        help="Untargeted APGD runs per image.")
+    parser.add_argument("--targeted_restarts", type=int_at_least(0), default=DEFAULTS.targeted_restarts,
+                        help="APGD runs targeted at the next most likely classes.")
+    parser.add_argument("--eot_samples", type=int_at_least(1), default=DEFAULTS.eot_samples)
+    parser.add_argument("--loss", default=DEFAULTS.loss, choices=LOSSES, help="The attack loss.")
+    parser.add_argument("--rescore_runs", type=int_at_least(1), default=DEFAULTS.rescore_runs,
+                        help="K: fresh defense runs each clean and adversarial image is scored over.")
     parser.add_argument("--batch_size", type=int_at_least(1), default=16)
     parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument("--output_dir", required=True, help="where the tuned pipeline and tuning.json go")
+    parser.add_argument("--work_dir", default=None,
+                        help="Where each setting's evaluation report and finished units go (outside --output_dir, "
+                             "which holds only the pipeline); rerun with the same one to resume an interrupted "
+                             "tuning without recomputing any finished attack.")
     parser.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, default=True,
                         help="Show a progress bar over the settings tried (main process only).")
     args = parser.parse_args(argv)
     try:
         check_output_dir("--output_dir", args.output_dir)
+        if args.work_dir is not None:
+            check_output_dir("--work_dir", args.work_dir)
+            work, out = Path(args.work_dir).resolve(), Path(args.output_dir).resolve()
+            if work == out or out in work.parents:
+                raise ValueError(f"--work_dir {args.work_dir} lies inside --output_dir {args.output_dir}, which "
+                                 "becomes the tuned pipeline; give a folder outside it.")
         check_model_source("--pipeline", args.pipeline, ("model_index.json",))
         if args.classifier_name_or_path:
             check_model_source("--classifier_name_or_path", args.classifier_name_or_path,
@@ -71,32 +102,52 @@ def parse_args(argv=None):
         if is_test_split(args.dataset, args.split) and not args.allow_test_split:
             raise ValueError(f"The {args.split!r} split of {args.dataset} holds test images; tune on a validation "
                              "split and report on the test split, or pass --allow_test_split.")
+        evaluation_config(args, "none")  # the attack budget, checked before anything is loaded
     except ValueError as err:
         parser.error(str(err))
     return args
 
 
-def clean_accuracy(pipe, data, seed: int, batch_size: int = 100, **purify_kwargs) -> float:
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            images = data.images[start:start + batch_size].to(pipe.device)
-            purified = pipe.purify(images, generator=torch.Generator().manual_seed(seed + start), **purify_kwargs)
-            predicted = pipe.classifier_logits(purified).argmax(-1).cpu()
-            correct += (predicted == data.labels[start:start + batch_size]).sum()
-    return float(correct) / len(data)
+def evaluation_config(args, defense: str, **settings) -> EvaluationConfig:
+    """The `agdm evaluate` settings one tuning row is attacked and scored with (no sanity checks: tuning only
+    compares settings; the reported evaluation runs them)."""
+    return DEFAULTS.replace(
+        attacks=(args.attack,), defenses=(defense,), norm=args.norm, eps=args.eps, steps=args.steps,
+        restarts=args.restarts, targeted_restarts=args.targeted_restarts, eot_samples=args.eot_samples,
+        loss=args.loss, rescore_runs=args.rescore_runs, seeds=(args.seed,), batch_size=args.batch_size,
+        sanity_images=0, gradient_check=False, num_examples=0, allow_failed_sanity=True, show_progress_bar=False,
+        **settings)
 
 
-def robust_accuracy(pipe, data, args, defense: str, **settings) -> float:
-    config = EvaluationConfig(attacks=("pgd",), defenses=(defense,), norm=args.norm, eps=args.eps,
-                              pgd_steps=args.pgd_steps, eot_samples=args.eot_samples, rescore_runs=1,
-                              seeds=(args.seed,), batch_size=args.batch_size, sanity_images=0, gradient_check=False,
-                              num_examples=0, allow_failed_sanity=True, show_progress_bar=False, **settings)
-    result = evaluate(pipe, data, config)
-    return float(result.report["results"][defense]["pgd"]["all"]["mean"])
+def clean_accuracy(pipe, data, args, **purification) -> dict:
+    """Clean accuracy of one setting on the whole split under the three scores of `agdm evaluate`: correct in all K
+    runs, in a majority of K, in run 0 (K = `args.rescore_runs`, fresh purification noise per run)."""
+    settings = pipe.resolve_settings(**purification)
+    correct = []
+    for start in range(0, len(data), args.batch_size):
+        model = pipe.defended_classifier(seed=None, gradient_checkpointing=False, settings=settings)
+        images = data.images[start:start + args.batch_size].to(pipe.device)
+        scored = rescore(model, images, data.labels[start:start + args.batch_size], args.rescore_runs,
+                         seed=derive_seed(args.seed, "tuning-clean", start))
+        correct.append(scored.correct)
+    correct = torch.cat(correct, dim=1)  # (K, N)
+    runs = correct.sum(0)
+    return {"all": (runs == args.rescore_runs).float().mean().item(),
+            "majority": (2 * runs > args.rescore_runs).float().mean().item(),
+            "single": correct[0].float().mean().item()}
+
+
+def robust_accuracy(pipe, data, args, defense: str, output_dir=None, **settings) -> dict:
+    """Clean-and-robust accuracy of one setting under the three scores, from `evaluate` itself (resumable in
+    `output_dir`)."""
+    result = evaluate(pipe, data, evaluation_config(args, defense, **settings), output_dir=output_dir)
+    by_score = result.report["results"][defense][args.attack]
+    return {kind: float(by_score[kind]["mean"]) for kind in SCORES}
 
 
 def choose(rows, defense, min_clean):
+    """The best row of `defense` by clean-and-robust accuracy correct in all K runs, among rows whose clean accuracy
+    (all K runs) is at least `min_clean`; ties go to the smaller t*, then the smaller scale."""
     eligible = [r for r in rows if r["defense"] == defense and r["clean_accuracy"] >= min_clean]
     if not eligible:
         return None
@@ -119,14 +170,18 @@ def main(argv=None):
                     disable=not (args.progress_bar and PartialState().is_main_process))
 
     def record(defense, strength, scale, purify_kwargs, eval_kwargs):
-        clean = clean_accuracy(pipe, data, args.seed, strength=strength, num_inference_steps=steps, **purify_kwargs)
-        robust = robust_accuracy(pipe, robust_data, args, defense, strength=strength, num_inference_steps=steps,
-                                 **eval_kwargs)
-        rows.append({"defense": defense, "strength": strength, "scale": scale, "clean_accuracy": clean,
-                     "robust_accuracy": robust})
+        clean = clean_accuracy(pipe, data, args, strength=strength, num_inference_steps=steps, **purify_kwargs)
+        work = None if args.work_dir is None else Path(args.work_dir) / f"{defense}-t{strength:g}-s{scale:g}"
+        robust = robust_accuracy(pipe, robust_data, args, defense, output_dir=work, strength=strength,
+                                 num_inference_steps=steps, **eval_kwargs)
+        # `clean_accuracy` / `robust_accuracy` are the "all K runs" scores the choice is made on.
+        rows.append({"defense": defense, "strength": strength, "scale": scale, "clean_accuracy": clean["all"],
+                     "robust_accuracy": robust["all"], "clean": clean, "robust": robust})
         progress.update(1)
-        progress.write(f"t*={strength:<5} {defense:6s} scale {scale:<7g} clean {100 * clean:5.1f}%  robust "
-                       f"{100 * robust:5.1f}%  ({time.time() - started:.0f} s)")
+        progress.write(f"t*={strength:<5} {defense:6s} scale {scale:<7g} clean {100 * clean['all']:5.1f}%  robust "
+                       f"{100 * robust['all']:5.1f}% (all {args.rescore_runs} runs; majority "
+                       f"{100 * robust['majority']:.1f}%, one run {100 * robust['single']:.1f}%)  "
+                       f"({time.time() - started:.0f} s)")
 
     for strength in args.strengths:
         record("none", strength, 0.0, {"guidance": "none"}, {})
@@ -140,7 +195,8 @@ def main(argv=None):
     progress.close()
     latent = choose(rows, "latent", args.min_clean)
     if latent is None:
-        raise SystemExit(f"No latent-guided setting reached clean accuracy {args.min_clean:.0%}; see the rows above.")
+        raise SystemExit(f"No latent-guided setting reached clean accuracy {args.min_clean:.0%} (correct in all "
+                         f"{args.rescore_runs} runs); see the rows above.")
     pixel = choose([r for r in rows if r["strength"] == latent["strength"]], "pixel", args.min_clean)
     pipe.register_to_config(strength=latent["strength"], num_inference_steps=steps, guidance_scale=latent["scale"],
                             guidance_mode="latent", **({"pixel_guidance_scale": pixel["scale"]} if pixel else {}))
@@ -148,8 +204,12 @@ def main(argv=None):
     pipe.save_pretrained(out, safe_serialization=True)
     summary = {"command": " ".join(["python", "training/tune_purification.py", *(argv or sys.argv[1:])]),
                "settings": vars(args), "rows": rows, "chosen": {"latent": latent, "pixel": pixel},
+               "rule": f"robust = clean-correct and adversarially correct; chosen by robust accuracy correct in all "
+                       f"K = {args.rescore_runs} runs among settings with clean accuracy (all K) >= {args.min_clean}",
                "wall_time_s": time.time() - started}
-    (out / "tuning.json").write_text(json.dumps(summary, indent=2))
+    tmp = out / ".tuning.json.tmp"  # atomic: a crash never leaves a half-written tuning.json beside the pipeline
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "tuning.json")
     print(f"\nchosen: t* = {latent['strength']}, latent scale {latent['scale']:g} "
           f"(clean {100 * latent['clean_accuracy']:.1f}%, robust {100 * latent['robust_accuracy']:.1f}%); pixel "
           f"scale {pixel['scale'] if pixel else 'none eligible'}; saved to {out}")
