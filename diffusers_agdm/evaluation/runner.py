@@ -181,6 +181,8 @@ def _run_units(runner: UnitRunner, plan: EvaluationPlan, store: ProgressStore, s
     for unit in units:
         bar.set_postfix_str(unit.job.describe() if unit.job else f"{unit.defense}/gradient check", refresh=True)
         output = store.load(unit)
+        if output is not None and wants_examples(unit) and "examples" not in output:
+            output = None  # saved by a run that showed no examples: run it again for the grid
         if output is None:
             output = runner.run(unit, wants_examples(unit), callback=bar.update)
             store.save(unit, output)
@@ -255,7 +257,7 @@ def evaluate(
     plan = EvaluationPlan(config, len(data), purifying)
     described = {d: specs[d].describe(pipeline) for d in defenses}
     key = fingerprint(config, pipeline, data, described)
-    store = ProgressStore(output_dir if resume else None, key)
+    store = ProgressStore(output_dir, key, read=resume)
     runner = UnitRunner(pipeline, data, config, specs, state.device, num_classes)
 
     records = Records(_run_units(runner, plan, store, state, config), config.rescore_runs)

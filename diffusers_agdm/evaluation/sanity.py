@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attacks import attack_loss
-
-UNDEFENDED_MAX_ACCURACY = 0.01
+from .config import UNDEFENDED_MAX_ACCURACY
 
 
 @dataclass
@@ -40,12 +39,14 @@ def noise_tolerance(accuracy: float, num_images: int, z: float = 2.0) -> float:
 
 
 def check_undefended_collapse(accuracy: float, num_images: int, norm: str, eps: float,
-                              threshold: float = UNDEFENDED_MAX_ACCURACY,
+                              threshold: float | None = None,
                               clean_accuracy: float | None = None, attack: str = "PGD",
                               seed: int | None = None) -> SanityCheck:
-    """The attack must break the undefended classifier at the nominal eps: accuracy at most `threshold`.
+    """The attack must break the undefended classifier at the nominal eps: accuracy at most `threshold` (default:
+    the calibrated threshold of `norm`, `UNDEFENDED_MAX_ACCURACY`).
     If it does not, the attack (not the defense) is broken, and every number beside it is meaningless. With a
     clean accuracy of 0 the check is vacuous (there was nothing to break) and fails too."""
+    threshold = UNDEFENDED_MAX_ACCURACY[norm] if threshold is None else threshold
     vacuous = clean_accuracy is not None and clean_accuracy == 0
     passed = accuracy <= threshold and not vacuous
     clean = "" if clean_accuracy is None else f", clean {100 * clean_accuracy:.1f}%"

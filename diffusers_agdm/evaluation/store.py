@@ -55,17 +55,19 @@ def _decode(payload: dict) -> dict:
 
 
 class ProgressStore:
-    """Finished units of one evaluation, one JSON file each, under `root` (None: keep nothing)."""
+    """Finished units of one evaluation, one JSON file each, under `root` (None: keep nothing). With `read=False`
+    earlier units are ignored (recomputed) but new ones are still saved, so that run can be resumed in turn."""
 
-    def __init__(self, root: str | Path | None, key: str):
+    def __init__(self, root: str | Path | None, key: str, read: bool = True):
         self.folder = None if root is None else Path(root) / "progress" / key
+        self.read = read
 
     def _path(self, unit: Unit) -> Path:
         name = hashlib.sha256(unit.key.encode()).hexdigest()[:24]
         return self.folder / f"{name}.json"
 
     def load(self, unit: Unit) -> dict | None:
-        if self.folder is None:
+        if self.folder is None or not self.read:
             return None
         path = self._path(unit)
         if not path.is_file():
