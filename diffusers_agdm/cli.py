@@ -49,6 +49,8 @@ def build_parser(full: str | tuple[str, ...] | None = None) -> argparse.Argument
             cls.register_subcommand(subparsers)
         else:
             subparsers.add_parser(name, help=cls.help)
+    for sub in subparsers.choices.values():
+        sub.allow_abbrev = False  # an old or mistyped flag (--output, --dataset) is an error, never a guess
     return parser
 
 
@@ -62,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     command = args.func(args, argv)
     try:
         return command.run()
-    except ValueError as err:
-        print(f"agdm {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, ModuleNotFoundError) as err:
+        # Every anticipated failure (bad input, unreadable or unwritable files, an offline Hub, a missing optional
+        # dependency) is one line and exit 2; exit 1 means only "a sanity check failed".
+        print(f"agdm {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -59,8 +59,8 @@ def test_agdm_commands_default_to_the_embedded_pipeline(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "GuidanceModel" in text and "robust accuracy" in text
     code = main(["evaluate", "--num_images", "4", "--pgd_steps", "1", "--eot_samples", "1", "--rescore_runs", "1",
-                 "--sanity_images", "0", "--no_gradient_check", "--batch_size", "4", "--num_examples", "2",
-                 "--no_progress_bar", "--output_dir", str(tmp_path / "eval"), "--allow_failed_sanity"])
+                 "--sanity_images", "0", "--no-gradient_check", "--batch_size", "4", "--num_examples", "2",
+                 "--no-progress_bar", "--output_dir", str(tmp_path / "eval"), "--allow_failed_sanity"])
     assert code == 0
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert report["pipeline"] == "embedded default" and set(report["results"]) == {"undefended", "none", "pixel",

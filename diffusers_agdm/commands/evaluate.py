@@ -1,6 +1,6 @@
 """`agdm evaluate`: clean and robust accuracy of the four defenses, with sanity checks, JSON, markdown and plots.
 
-    agdm evaluate --pipeline path/or/hub-id --dataset mnist --split test --num_images 64 --eps 0.3 \\
+    agdm evaluate --pipeline path/or/hub-id --dataset_name mnist --split test --num_images 64 --eps 0.3 \\
         --attacks pgd,bpda --output_dir outputs/eval
 
 Under `accelerate launch --num_processes N -m diffusers_agdm.cli evaluate ...` the images are split between the
@@ -11,7 +11,17 @@ import argparse
 import shlex
 import sys
 
-from . import EXIT_OK, EXIT_SANITY_FAILED, BaseAgdmCLICommand, add_pipeline_argument
+from . import (
+    EXIT_OK,
+    EXIT_SANITY_FAILED,
+    BaseAgdmCLICommand,
+    add_num_threads_argument,
+    add_pipeline_argument,
+    check_output_dir,
+    check_pipeline_source,
+    load_pipeline,
+    set_num_threads,
+)
 
 
 def _split_list(values, cast, option: str) -> tuple:
@@ -21,15 +31,6 @@ def _split_list(values, cast, option: str) -> tuple:
         return tuple(cast(item.strip()) for item in items)
     except ValueError as err:
         raise ValueError(f"{option}: cannot read {values!r} ({err}).") from err
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 class EvaluateCommand(BaseAgdmCLICommand):
@@ -52,18 +53,22 @@ class EvaluateCommand(BaseAgdmCLICommand):
             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         data = parser.add_argument_group("pipeline and data")
         add_pipeline_argument(data)
-        data.add_argument("--dataset", default="mnist",
-                          help="a built-in (mnist, fashion-mnist, foolbox-*) or a Hub id")
-        data.add_argument("--dataset_config_name", default=None)
-        data.add_argument("--data_dir", default=None, help="an image folder (class = sub-folder) instead of --dataset")
-        data.add_argument("--image_column", default="image")
-        data.add_argument("--label_column", default="label")
-        data.add_argument("--split", default="test")
+        data.add_argument("--dataset_name", default="mnist",
+                          help="a built-in (mnist, fashion-mnist, foolbox-mnist, foolbox-fashion-mnist, "
+                               "foolbox-cifar10) or a Hub dataset id")
+        data.add_argument("--dataset_config_name", default=None, help="the Hub dataset's configuration, if it has "
+                          "several")
+        data.add_argument("--data_dir", default=None,
+                          help="an image folder (class = sub-folder, split = top folder) instead of --dataset_name")
+        data.add_argument("--image_column", default="image", help="the Hub dataset's image column")
+        data.add_argument("--label_column", default="label", help="the Hub dataset's label column")
+        data.add_argument("--split", default="test", help="the split to evaluate (the embedded default was tuned "
+                          "on 'validation' and never saw 'test')")
         data.add_argument("--start_index", type=int, default=0, help="first image of the split to evaluate")
         data.add_argument("--num_images", type=int, default=64, help="images to evaluate (0: the whole split)")
 
         threat = parser.add_argument_group("threat model and attacks")
-        threat.add_argument("--norm", default=defaults.norm, choices=("Linf", "L2"))
+        threat.add_argument("--norm", default=defaults.norm, choices=("Linf", "L2"), help="the threat model's norm")
         threat.add_argument("--eps", type=float, default=defaults.eps, help="in [0, 1] pixel units (MNIST: Linf 0.3, "
                             "L2 2.0)")
         threat.add_argument("--eps_grid", nargs="*", default=[], help="more eps values for the accuracy-vs-eps plot")
@@ -71,17 +76,22 @@ class EvaluateCommand(BaseAgdmCLICommand):
                             help=f"comma-separated, from {', '.join(ATTACKS)}")
         threat.add_argument("--defenses", nargs="+", default=list(defaults.defenses),
                             help=f"comma-separated, from {', '.join(DEFENSES)}")
-        threat.add_argument("--pgd_steps", type=int, default=defaults.pgd_steps)
+        threat.add_argument("--pgd_steps", type=int, default=defaults.pgd_steps, help="PGD iterations")
         threat.add_argument("--pgd_step_size", type=float, default=None, help="default: 2.5 * eps / pgd_steps")
         threat.add_argument("--eot_samples", type=int, default=defaults.eot_samples,
                             help="defense runs averaged per PGD gradient")
-        threat.add_argument("--loss", default=defaults.loss, choices=("ce", "margin"))
-        threat.add_argument("--no_random_start", action="store_true", help="start PGD at the clean image")
+        threat.add_argument("--loss", default=defaults.loss, choices=("ce", "margin"),
+                            help="the loss PGD ascends: cross-entropy or the logit margin")
+        threat.add_argument("--random_start", action=argparse.BooleanOptionalAction, default=defaults.random_start,
+                            help="start PGD at a random point of the eps-ball (--no-random_start: at the clean image)")
         threat.add_argument("--surrogate_steps", type=int, default=None,
                             help="reverse steps of the surrogate process (default: half the defense's)")
-        threat.add_argument("--autoattack_steps", type=int, default=defaults.autoattack_steps)
-        threat.add_argument("--autoattack_eot_iter", type=int, default=defaults.autoattack_eot_iter)
-        threat.add_argument("--autoattack_square_queries", type=int, default=defaults.autoattack_square_queries)
+        threat.add_argument("--autoattack_steps", type=int, default=defaults.autoattack_steps,
+                            help="AutoAttack's APGD iterations")
+        threat.add_argument("--autoattack_eot_iter", type=int, default=defaults.autoattack_eot_iter,
+                            help="EOT samples per gradient in AutoAttack's 'rand' version")
+        threat.add_argument("--autoattack_square_queries", type=int, default=defaults.autoattack_square_queries,
+                            help="queries of AutoAttack's Square attack")
         threat.add_argument("--rescore_runs", type=int, default=defaults.rescore_runs,
                             help="K: fresh defense runs each image is scored over (all K / majority of K)")
         threat.add_argument("--seeds", nargs="+", default=[str(s) for s in defaults.seeds],
@@ -92,53 +102,67 @@ class EvaluateCommand(BaseAgdmCLICommand):
 
         purification = parser.add_argument_group("purification (default: the pipeline's config)")
         purification.add_argument("--strength", type=float, default=None, help="t* as a fraction of the schedule")
-        purification.add_argument("--num_inference_steps", type=int, default=None)
+        purification.add_argument("--num_inference_steps", type=int, default=None, help="reverse steps from t* to 0")
         purification.add_argument("--guidance_scale", type=float, default=None, help="latent (AGDM) guidance scale")
         purification.add_argument("--pixel_guidance_scale", type=float, default=None,
-                                  help="pixel (GDMP-style) guidance scale (default: the pipeline's)")
-        purification.add_argument("--feature_weight", type=float, default=None)
-        purification.add_argument("--class_guidance", type=_bool, default=None, metavar="{true,false}")
-        purification.add_argument("--guidance_target", default=None, choices=("diffused", "input"))
+                                  help="pixel (GDMP-style) guidance scale")
+        purification.add_argument("--feature_weight", type=float, default=None,
+                                  help="weight of the feature-distance term of latent guidance")
+        purification.add_argument("--class_guidance", action=argparse.BooleanOptionalAction, default=None,
+                                  help="add the guidance network's class term to latent guidance")
+        purification.add_argument("--guidance_target", default=None, choices=("diffused", "input"),
+                                  help="what the guidance compares each step with: the diffused input at that step "
+                                       "or the input itself")
 
         sanity = parser.add_argument_group("sanity checks")
         sanity.add_argument("--sanity_images", type=int, default=defaults.sanity_images,
                             help="images for the costly checks (huge eps, more steps, more EOT); 0 skips them")
         sanity.add_argument("--sanity_steps", type=int, nargs=2, default=list(defaults.sanity_steps),
-                            metavar=("WEAK", "STRONG"))
+                            metavar=("WEAK", "STRONG"), help="PGD steps of the weak and strong attack compared")
         sanity.add_argument("--sanity_eot", type=int, nargs=2, default=list(defaults.sanity_eot),
-                            metavar=("WEAK", "STRONG"))
-        sanity.add_argument("--huge_eps", type=float, default=defaults.huge_eps)
-        sanity.add_argument("--no_gradient_check", action="store_true")
-        sanity.add_argument("--allow_failed_sanity", action="store_true",
+                            metavar=("WEAK", "STRONG"), help="EOT samples of the weak and strong attack compared")
+        sanity.add_argument("--huge_eps", type=float, default=defaults.huge_eps,
+                            help="the Linf eps at which every defense must fall to chance")
+        sanity.add_argument("--gradient_check", action=argparse.BooleanOptionalAction, default=defaults.gradient_check,
+                            help="compare each defense's gradient with finite differences")
+        sanity.add_argument("--allow_failed_sanity", action=argparse.BooleanOptionalAction,
+                            default=defaults.allow_failed_sanity,
                             help="exit 0 even when a sanity check fails (the report still says FAILED)")
 
-        output = parser.add_argument_group("output")
-        output.add_argument("--output_dir", default="outputs/evaluation")
-        output.add_argument("--num_examples", type=int, default=defaults.num_examples)
-        output.add_argument("--no_progress_bar", action="store_true")
-        output.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+        output = parser.add_argument_group("output and machine")
+        output.add_argument("--output_dir", default="outputs/evaluation",
+                            help="folder for results.json, results.md and the plots")
+        output.add_argument("--num_examples", type=int, default=defaults.num_examples,
+                            help="images shown in examples_grid.png")
+        output.add_argument("--progress_bar", action=argparse.BooleanOptionalAction,
+                            default=defaults.show_progress_bar, help="show a progress bar")
+        output.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
+                            help="run on the CPU even when a GPU is present")
+        add_num_threads_argument(output)
         parser.set_defaults(func=cls)
         return parser
 
     def run(self) -> int:
         from ..data import load_labelled_images
         from ..evaluation.runner import SanityCheckError, evaluate, partial_state
-        from ..pretrained import load_pipeline
 
         args = self.args
         config = config_from_args(args)
         config.validate()  # bad flags fail before anything is loaded
         if args.num_images < 0 or args.start_index < 0:
             raise ValueError("--num_images and --start_index must be >= 0.")
+        check_pipeline_source(args.pipeline)
+        check_output_dir(args.output_dir)
+        set_num_threads(args.num_threads)
         state = partial_state(cpu=args.cpu)
         try:
-            pipeline = load_pipeline(args.pipeline)
-            data = load_labelled_images(args.dataset if args.data_dir is None else None, args.split,
+            data = load_labelled_images(args.dataset_name if args.data_dir is None else None, args.split,
                                         dataset_config_name=args.dataset_config_name, data_dir=args.data_dir,
                                         image_column=args.image_column, label_column=args.label_column)
             data = data.subset(args.start_index, args.num_images or None)
             if len(data) == 0:
                 raise ValueError(f"No images to evaluate: the split has none from --start_index {args.start_index}.")
+            pipeline = load_pipeline(args.pipeline)
             evaluate(pipeline, data, config, output_dir=args.output_dir,
                      pipeline_name=args.pipeline or "embedded default", command="agdm " + shlex.join(self.argv))
         except SanityCheckError as err:
@@ -161,12 +185,12 @@ def config_from_args(args):
         attacks=_split_list(args.attacks, str, "--attacks"), defenses=_split_list(args.defenses, str, "--defenses"),
         norm=args.norm, eps=args.eps, eps_grid=_split_list(args.eps_grid, float, "--eps_grid"),
         pgd_steps=args.pgd_steps, pgd_step_size=args.pgd_step_size, eot_samples=args.eot_samples, loss=args.loss,
-        random_start=not args.no_random_start, surrogate_steps=args.surrogate_steps,
+        random_start=args.random_start, surrogate_steps=args.surrogate_steps,
         autoattack_steps=args.autoattack_steps, autoattack_eot_iter=args.autoattack_eot_iter,
         autoattack_square_queries=args.autoattack_square_queries, rescore_runs=args.rescore_runs, seeds=seeds,
         batch_size=args.batch_size, strength=args.strength, num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale, pixel_guidance_scale=args.pixel_guidance_scale,
         feature_weight=args.feature_weight, class_guidance=args.class_guidance, guidance_target=args.guidance_target,
         sanity_images=args.sanity_images, sanity_steps=tuple(args.sanity_steps), sanity_eot=tuple(args.sanity_eot),
-        huge_eps=args.huge_eps, gradient_check=not args.no_gradient_check, num_examples=args.num_examples,
-        allow_failed_sanity=args.allow_failed_sanity, show_progress_bar=not args.no_progress_bar)
+        huge_eps=args.huge_eps, gradient_check=args.gradient_check, num_examples=args.num_examples,
+        allow_failed_sanity=args.allow_failed_sanity, show_progress_bar=args.progress_bar)

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import EXIT_OK, BaseAgdmCLICommand, add_pipeline_argument
+from . import EXIT_OK, BaseAgdmCLICommand, add_pipeline_argument, load_pipeline
 
 
 class InfoCommand(BaseAgdmCLICommand):
@@ -16,12 +16,13 @@ class InfoCommand(BaseAgdmCLICommand):
         parser = subparsers.add_parser(cls.name, help=cls.help, description=cls.help,
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_pipeline_argument(parser)
-        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+        parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
+                            help="print JSON instead of text")
         parser.set_defaults(func=cls)
         return parser
 
     def run(self) -> int:
-        from ..pretrained import default_pipeline_path, load_pipeline
+        from ..pretrained import default_pipeline_path
 
         args = self.args
         pipe = load_pipeline(args.pipeline)

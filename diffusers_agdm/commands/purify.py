@@ -1,9 +1,18 @@
 """`agdm purify`: purify image files and write them with a side-by-side comparison."""
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
-from . import EXIT_OK, BaseAgdmCLICommand, add_pipeline_argument
+from . import (
+    EXIT_OK,
+    BaseAgdmCLICommand,
+    add_num_threads_argument,
+    add_pipeline_argument,
+    check_output_dir,
+    load_pipeline,
+    set_num_threads,
+)
 
 
 class PurifyCommand(BaseAgdmCLICommand):
@@ -15,57 +24,91 @@ class PurifyCommand(BaseAgdmCLICommand):
         parser = subparsers.add_parser(
             cls.name, help=cls.help,
             description="Purify images (PNG/JPEG files of the pipeline's size) and write <name>_purified.png for "
-                        "each, plus comparison.png: input above, purified below, with the classifier's predictions.",
+                        "each to --output_dir (inputs with the same name get distinct numbered outputs), plus "
+                        "comparison.png: input above, purified below, with the classifier's predictions.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         parser.add_argument("images", nargs="+", help="image files")
-        parser.add_argument("--output", required=True, help="folder for the purified images and comparison.png")
+        parser.add_argument("--output_dir", default="outputs/purified",
+                            help="folder for the purified images and comparison.png")
         add_pipeline_argument(parser)
         parser.add_argument("--guidance", default=None, choices=("latent", "pixel", "none"),
-                            help="default: the pipeline's")
-        parser.add_argument("--guidance_scale", type=float, default=None, help="default: the pipeline's")
+                            help="latent (AGDM), pixel (GDMP-style) or none (DiffPure-style); default: the "
+                                 "pipeline's")
+        parser.add_argument("--guidance_scale", type=float, default=None,
+                            help="the latent guidance scale; default: the pipeline's")
+        parser.add_argument("--pixel_guidance_scale", type=float, default=None,
+                            help="the pixel guidance scale (with --guidance pixel); default: the pipeline's")
         parser.add_argument("--strength", type=float, default=None, help="t* as a fraction; default: the pipeline's")
-        parser.add_argument("--num_inference_steps", type=int, default=None, help="default: the pipeline's")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--num_inference_steps", type=int, default=None,
+                            help="reverse steps from t* to 0; default: the pipeline's")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the purification noise")
+        add_num_threads_argument(parser)
         parser.set_defaults(func=cls)
         return parser
 
     def run(self) -> int:
         import torch
-        from PIL import Image
-
-        from ..pretrained import load_pipeline
 
         args = self.args
-        pipe = load_pipeline(args.pipeline)
         files = [Path(p) for p in args.images]
-        missing = [str(p) for p in files if not p.is_file()]
-        if missing:
-            raise ValueError(f"No such image file: {', '.join(missing)}")
+        inputs = [read_image(p) for p in files]  # every file readable before the pipeline loads
+        output = check_output_dir(args.output_dir)
+        targets = [output / name for name in output_names(files)]
+        clobbered = [str(p) for p in files if any(p.resolve() == t.resolve() for t in targets)]
+        if clobbered:
+            raise ValueError(f"purifying would overwrite the input {clobbered[0]}; choose another --output_dir.")
+        set_num_threads(args.num_threads)
+        pipe = load_pipeline(args.pipeline)
         mode = "L" if pipe.unet.config.in_channels == 1 else "RGB"
-        inputs = [Image.open(p).convert(mode) for p in files]
-        out = pipe(inputs, guidance=args.guidance, guidance_scale=args.guidance_scale, strength=args.strength,
-                   num_inference_steps=args.num_inference_steps, generator=torch.Generator().manual_seed(args.seed),
-                   output_type="pil")
+        inputs = [image.convert(mode) for image in inputs]
+        overrides = {key: getattr(args, key) for key in ("guidance", "guidance_scale", "pixel_guidance_scale",
+                                                         "strength", "num_inference_steps")
+                     if getattr(args, key) is not None}
+        out = pipe(inputs, generator=torch.Generator().manual_seed(args.seed), output_type="pil", **overrides)
         before = None
         if pipe.classifier is not None:
             with torch.no_grad():
                 before = pipe.classifier_logits(pipe.prepare_images(inputs)).argmax(-1)
-        output = Path(args.output)
-        output.mkdir(parents=True, exist_ok=True)
-        for path, image in zip(files, out.images):
-            image.save(output / f"{path.stem}_purified.png")
+        for target, image in zip(targets, out.images):
+            image.save(target)
         names = class_names(pipe)
         comparison = output / "comparison.png"
         save_comparison(inputs, out.images, comparison, titles=[p.name for p in files],
                         labels_before=None if before is None else [names(i) for i in before.tolist()],
                         labels_after=None if out.labels is None else [names(i) for i in out.labels.tolist()])
-        for i, path in enumerate(files):
+        for i, (path, target) in enumerate(zip(files, targets)):
             verdict = "" if out.labels is None else f"  predicted {names(out.labels[i].item())}"
             if before is not None:
                 verdict += f" (before purification: {names(before[i].item())})"
-            print(f"{path} -> {output / (path.stem + '_purified.png')}{verdict}")
+            print(f"{path} -> {target}{verdict}")
         print(f"side by side: {comparison}")
         return EXIT_OK
+
+
+def read_image(path: Path):
+    """The decoded image (a truncated or unreadable file fails here, with its name, not halfway through)."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise ValueError(f"No such image file: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path} as an image ({err}).") from err
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """`<stem>_purified.png`, numbered by position when two inputs share a stem (`a/x.png b/x.png` ->
+    `x_1_purified.png`, `x_2_purified.png`): one output never silently replaces another."""
+    stems = Counter(p.stem for p in files)
+    names = [f"{p.stem}_purified.png" if stems[p.stem] == 1 else f"{p.stem}_{i + 1}_purified.png"
+             for i, p in enumerate(files)]
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise ValueError(f"two outputs would share the name {repeated[0]}; rename an input.")
+    return names
 
 
 def class_names(pipe):
