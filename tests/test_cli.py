@@ -5,10 +5,10 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
-from unittest import mock
 import torch
 from PIL import Image
 
@@ -51,7 +51,8 @@ def test_help_and_version_import_neither_torch_nor_diffusers():
     probe = ("import sys\nfrom diffusers_agdm.cli import main\n"
              "for argv in (['--help'], ['--version'], ['purify', '--help']):\n"
              "    try:\n        main(argv)\n    except SystemExit as exit:\n        assert exit.code == 0, argv\n"
-             "print('HEAVY', sorted(m for m in ('torch', 'diffusers', 'transformers', 'datasets') if m in sys.modules))")
+             "heavy = ('torch', 'diffusers', 'transformers', 'datasets')\n"
+             "print('HEAVY', sorted(m for m in heavy if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

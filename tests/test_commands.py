@@ -32,7 +32,8 @@ def _pngs(folder, n=3):
 
 def test_purify_writes_images_and_a_comparison(saved, tmp_path, capsys):
     files = _pngs(tmp_path / "in")
-    assert main(["purify", *files, "--output_dir", str(tmp_path / "out"), "--pipeline", str(saved), "--seed", "1"]) == 0
+    out = str(tmp_path / "out")
+    assert main(["purify", *files, "--output_dir", out, "--pipeline", str(saved), "--seed", "1"]) == 0
     for i in range(3):
         image = Image.open(tmp_path / "out" / f"digit{i}_purified.png")
         assert image.size == (8, 8)
@@ -136,8 +137,10 @@ def test_info_lists_components_config_and_card_numbers(saved, tmp_path, capsys):
 
     folder = tmp_path / "with_card"
     shutil.copytree(saved, folder)
-    results = [{"defense": "latent", "attack": "PGD-EOT", "clean_accuracy": 0.9, "robust_accuracy": 0.55}]
-    make_model_card(load_pipeline(str(folder)), "org/x", results=results, dataset="mnist").save(folder / "README.md")
+    results = [{"defense": "latent", "attack": "PGD-EOT", "norm": "Linf", "eps": 0.3, "clean_accuracy": 0.9,
+                "robust_accuracy": 0.55}]
+    card = make_model_card(load_pipeline(str(folder)), "org/x", results=results, dataset="mnist", split="test")
+    card.save(folder / "README.md")
     assert main(["info", "--pipeline", str(folder), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info["components"]) == {"unet", "scheduler", "guidance", "classifier"}
