@@ -83,6 +83,14 @@ def test_every_flag_has_help_and_booleans_have_a_no_form():
             parser.parse_args(old)
 
 
+def test_demo_checks_its_arguments_and_names_the_missing_extra(capsys):
+    assert main(["demo", "--attack_steps", "0"]) == EXIT_BAD_INPUT
+    assert "--attack_steps" in capsys.readouterr().err
+    with mock.patch.dict(sys.modules, {"gradio": None}):  # as if Gradio were not installed
+        assert main(["demo"]) == EXIT_BAD_INPUT
+    assert "pip install 'diffusers-agdm[demo]'" in capsys.readouterr().err
+
+
 def test_parser_has_evaluate_and_room_for_more_commands():
     parser = build_parser()
     args = parser.parse_args(["evaluate", "--pipeline", "x", "--attacks", "pgd,bpda", "autoattack-rand",

@@ -19,6 +19,7 @@ COMMANDS = {
     "purify": "purify:PurifyCommand",
     "info": "info:InfoCommand",
     "push": "push:PushCommand",
+    "demo": "demo:DemoCommand",
 }
 
 
