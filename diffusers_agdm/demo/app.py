@@ -129,8 +129,9 @@ def votes_markdown(rows: list[dict], names: list[str], label: int, steps: int) -
     return "\n".join(lines)
 
 
-def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None):
-    """The Gradio app around `pipe` (default: the embedded MNIST pipeline)."""
+def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None, preview: str | None = None):
+    """The Gradio app around `pipe` (default: the embedded MNIST pipeline). `preview`, an image file, is attacked
+    once before the app starts and shown on first load (a worked example; `scripts/screenshot_demo.py` uses it)."""
     import gradio as gr
 
     from diffusers_agdm import load_pipeline
@@ -155,21 +156,28 @@ def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None):
                                    progress=progress)
         return render(rows, names, label, float(eps)), votes_markdown(rows, names, label, int(attack_steps))
 
+    shown = (None, "")
+    if preview is not None:
+        from PIL import Image
+
+        shown = run(None, np.asarray(Image.open(preview).convert("L")), AUTO_LABEL, 0.3, steps, runs, progress=None)
+
     with gr.Blocks(title="diffusers-agdm: adversarial purification") as demo:
         gr.Markdown("# Adversarial purification with AGDM\nDraw or upload a digit, pick eps, and attack it: the "
                     "exact-gradient attack is run against the bare classifier and against each defense, and every "
                     "defense then votes K times (fresh purification noise each run).")
         with gr.Row():
             drawn = gr.Sketchpad(label="draw a digit", canvas_size=(280, 280), type="numpy")
-            uploaded = gr.Image(label="or upload one", type="numpy", image_mode="L", sources=["upload", "clipboard"])
+            uploaded = gr.Image(preview, label="or upload one", type="numpy", image_mode="L",
+                                sources=["upload", "clipboard"])
         with gr.Row():
             true_label = gr.Dropdown([AUTO_LABEL, *names], value=AUTO_LABEL, label="true digit")
             eps = gr.Slider(0.0, 0.5, value=0.3, step=0.01, label="eps (Linf, in [0, 1] pixel units)")
             attack_steps = gr.Slider(1, 20, value=steps, step=1, label="PGD steps")
             k = gr.Slider(1, 9, value=runs, step=2, label="K: defense runs that vote")
         button = gr.Button("attack and purify", variant="primary")
-        picture = gr.Image(label="clean / adversarial / purified, one row per defense", type="pil")
-        table = gr.Markdown()
+        picture = gr.Image(shown[0], label="clean / adversarial / purified, one row per defense", type="pil")
+        table = gr.Markdown(shown[1])
         if examples:
             gr.Examples(examples=[[None, path] for path in examples], inputs=[drawn, uploaded])
         button.click(run, inputs=[drawn, uploaded, true_label, eps, attack_steps, k], outputs=[picture, table],
