@@ -72,7 +72,8 @@ def test_readme_python_example_keeps_the_digits_in_every_mode(digits, fake_hub):
     namespace = {}
     torch.manual_seed(0)  # the calls without a generator draw from torch's global one: reproducible here
     exec(compile(block, "README.md", "exec"), namespace)
-    outputs = {name: value for name, value in namespace.items() if hasattr(value, "labels") and hasattr(value, "images")}
+    outputs = {name: value for name, value in namespace.items()
+               if hasattr(value, "labels") and hasattr(value, "images")}
     assert len(outputs) >= 4, f"the example shows four guidance settings; found {sorted(outputs)}"
     for name, out in outputs.items():
         assert out.images.shape == (20, 1, 28, 28)

@@ -137,6 +137,8 @@ def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None, previ
     from diffusers_agdm import load_pipeline
 
     pipe = load_pipeline() if pipe is None else pipe
+    if pipe.classifier is None:
+        raise ValueError("The demo needs a pipeline with a classifier: it shows what the classifier answers.")
     pipe.set_progress_bar_config(disable=True)
     names = class_names(pipe)
     size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
