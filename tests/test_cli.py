@@ -91,6 +91,27 @@ def test_demo_checks_its_arguments_and_names_the_missing_extra(capsys):
     assert "pip install 'diffusers-agdm[demo]'" in capsys.readouterr().err
 
 
+def test_thread_count_follows_the_machine_and_the_user(monkeypatch):
+    from diffusers_agdm.commands import set_num_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_num_threads(3) == 3 and torch.get_num_threads() == 3  # --num_threads wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert set_num_threads(None) == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+        monkeypatch.setattr(os, "getloadavg", lambda: (5.2, 0.0, 0.0))
+        torch.set_num_threads(8)
+        assert set_num_threads(None) == 3  # 8 cores, 5 busy with other work
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert set_num_threads(None) == 1  # the idle cores shared by two accelerate processes
+        with pytest.raises(ValueError, match="--num_threads"):
+            set_num_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_parser_has_evaluate_and_room_for_more_commands():
     parser = build_parser()
     args = parser.parse_args(["evaluate", "--pipeline", "x", "--attacks", "pgd,bpda", "autoattack-rand",

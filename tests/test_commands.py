@@ -159,9 +159,17 @@ def test_push_uploads_folder_with_card_and_it_loads_back(saved, tmp_path, hub_ca
         shutil.copytree(folder_path, uploaded)
         return "https://huggingface.co/org/agdm-cli/commit/1"
 
-    with mock.patch("diffusers_agdm.hub.create_repo", lambda repo_id, **k: SimpleNamespace(repo_id=repo_id)), \
+    created = []
+
+    def fake_create(repo_id, **kwargs):
+        created.append(kwargs)
+        return SimpleNamespace(repo_id=repo_id)
+
+    with mock.patch("diffusers_agdm.hub.create_repo", fake_create), \
             mock.patch("diffusers_agdm.hub.upload_folder", fake_upload):
-        assert main(["push", "--pipeline", str(saved), "--hub_model_id", "org/agdm-cli"]) == 0
+        assert main(["push", "--pipeline", str(saved), "--hub_model_id", "org/agdm-cli", "--hub_token", "hf_x",
+                     "--private"]) == 0
+    assert created == [{"private": True, "token": "hf_x", "exist_ok": True}]
     files = repo_files(uploaded)
     assert "README.md" in files and "model_index.json" in files
     assert "org/agdm-cli" in (uploaded / "README.md").read_text()
