@@ -1,6 +1,7 @@
 """
 Attack a digit and watch each defense purify it: a Gradio app, run by `agdm demo` or, unchanged, as the `app.py`
-of a Hugging Face Space (with `diffusers-agdm[demo]` in the Space's requirements.txt).
+of a Hugging Face Space (with `diffusers-agdm[demo,data]` in the Space's requirements.txt; `data` adds example
+digits).
 
 Draw or upload a digit, pick eps, and the app attacks it with exact-gradient PGD (margin loss, Linf) against the
 bare classifier and, adaptively, against each defense (the gradient goes through the whole purification), then
