@@ -28,9 +28,9 @@ def test_importing_the_package_loads_no_torch():
         == "False False"
 
 
+# Diffusers first, then us: the order of every other test module (tests import diffusers before diffusers_agdm).
 @pytest.mark.parametrize("first", [
     "import diffusers_agdm\nfrom diffusers import DiffusionPipeline",      # ours first, Diffusers later
-    "from diffusers import DiffusionPipeline\nimport diffusers_agdm",      # Diffusers first
     "import diffusers_agdm.models\nfrom diffusers import DiffusionPipeline\nimport diffusers_agdm",  # ours pulls it in
 ])
 def test_diffusion_pipeline_loads_ours_in_any_import_order(first):
