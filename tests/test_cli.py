@@ -18,9 +18,8 @@ from dummies import dummy_pipeline
 
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_FLAGS = ["--pgd_steps", "2", "--eot_samples", "1", "--rescore_runs", "3", "--batch_size", "2",
-              "--sanity_images", "2", "--sanity_steps", "1", "2", "--sanity_eot", "1", "2", "--num_examples", "2",
-              "--no-progress_bar"]
+TINY_FLAGS = ["--steps", "2", "--eot_samples", "1", "--rescore_runs", "3", "--batch_size", "2",
+              "--sanity_images", "2", "--num_examples", "2", "--no-progress_bar"]
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +137,7 @@ def test_cli_evaluate_end_to_end(saved, tmp_path, capsys):
 def test_cli_fails_loudly_when_a_sanity_check_fails(saved, tmp_path, capsys):
     """An attack that cannot move leaves the undefended classifier intact: exit status 1 and a FAILED block,
     unless --allow_failed_sanity."""
-    broken = ["--defenses", "undefended", "--pgd_step_size", "1e-9", "--no-random_start"]
+    broken = ["--defenses", "undefended", "--attacks", "pgd", "--step_size", "1e-9", "--no-random_start"]
     assert main(evaluate_args(saved, tmp_path / "a", *broken)) == EXIT_SANITY_FAILED
     captured = capsys.readouterr()
     assert "SANITY CHECK FAILED" in captured.out and "FAILED" in captured.err

@@ -24,7 +24,7 @@ from dummies import put_in_hub_cache, repo_files
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 CARD = diffusers_agdm.default_pipeline_path() / "README.md"
-TINY = {"--num_images": "2", "--pgd_steps": "1", "--eot_samples": "1", "--rescore_runs": "1", "--sanity_images": "0",
+TINY = {"--num_images": "2", "--steps": "1", "--eot_samples": "1", "--rescore_runs": "1", "--sanity_images": "0",
         "--seeds": "0", "--batch_size": "2", "--num_examples": "1"}
 
 
@@ -124,7 +124,7 @@ def _tiny(argv: list[str], output_dir: Path) -> list[str]:
         else:
             out.append(flag)
             i += 1
-    extra = {"--num_images", "--pgd_steps", "--eot_samples", "--rescore_runs", "--sanity_images", "--seeds",
+    extra = {"--num_images", "--steps", "--eot_samples", "--rescore_runs", "--sanity_images", "--seeds",
              "--batch_size", "--num_examples"} - set(out)
     for flag in sorted(extra):
         out += [flag, TINY[flag]]

@@ -39,8 +39,9 @@ class EvaluateCommand(BaseAgdmCLICommand):
 
     @classmethod
     def register_subcommand(cls, subparsers):
+        from ..attacks import LOSSES
+        from ..evaluation.config import ATTACKS, CONVERGENCE_AXES, EvaluationConfig
         from ..evaluation.defenses import DEFENSES
-        from ..evaluation.runner import ATTACKS, EvaluationConfig
 
         defaults = EvaluationConfig()
         parser = subparsers.add_parser(
@@ -76,14 +77,22 @@ class EvaluateCommand(BaseAgdmCLICommand):
                             help=f"comma-separated, from {', '.join(ATTACKS)}")
         threat.add_argument("--defenses", nargs="+", default=list(defaults.defenses),
                             help=f"comma-separated, from {', '.join(DEFENSES)}")
-        threat.add_argument("--pgd_steps", type=int, default=defaults.pgd_steps, help="PGD iterations")
-        threat.add_argument("--pgd_step_size", type=float, default=None, help="default: 2.5 * eps / pgd_steps")
+        threat.add_argument("--steps", type=int, default=defaults.steps,
+                            help="iterations of each attack run (apgd, apgd-guidance, pgd, bpda, surrogate)")
+        threat.add_argument("--restarts", type=int, default=defaults.restarts, help="untargeted APGD runs per image")
+        threat.add_argument("--targeted_restarts", type=int, default=defaults.targeted_restarts,
+                            help="APGD runs targeted at the next most likely classes (APGD-T)")
         threat.add_argument("--eot_samples", type=int, default=defaults.eot_samples,
-                            help="defense runs averaged per PGD gradient")
-        threat.add_argument("--loss", default=defaults.loss, choices=("ce", "margin"),
-                            help="the loss PGD ascends: cross-entropy or the logit margin")
+                            help="defense runs averaged per gradient (EOT)")
+        threat.add_argument("--eot_batch", type=int, default=defaults.eot_batch,
+                            help="EOT draws per model call (default: all at once)")
+        threat.add_argument("--loss", default=defaults.loss, choices=LOSSES, help="the loss the attacks ascend")
+        threat.add_argument("--step_size", type=float, default=None,
+                            help="PGD's fixed step (default: 2.5 * eps / steps; APGD adapts its own)")
         threat.add_argument("--random_start", action=argparse.BooleanOptionalAction, default=defaults.random_start,
                             help="start PGD at a random point of the eps-ball (--no-random_start: at the clean image)")
+        threat.add_argument("--guidance_weight", type=float, default=defaults.guidance_weight,
+                            help="weight of the guidance-target term of apgd-guidance")
         threat.add_argument("--surrogate_steps", type=int, default=None,
                             help="reverse steps of the surrogate process (default: half the defense's)")
         threat.add_argument("--autoattack_steps", type=int, default=defaults.autoattack_steps,
@@ -116,11 +125,13 @@ class EvaluateCommand(BaseAgdmCLICommand):
 
         sanity = parser.add_argument_group("sanity checks")
         sanity.add_argument("--sanity_images", type=int, default=defaults.sanity_images,
-                            help="images for the costly checks (huge eps, more steps, more EOT); 0 skips them")
-        sanity.add_argument("--sanity_steps", type=int, nargs=2, default=list(defaults.sanity_steps),
-                            metavar=("WEAK", "STRONG"), help="PGD steps of the weak and strong attack compared")
-        sanity.add_argument("--sanity_eot", type=int, nargs=2, default=list(defaults.sanity_eot),
-                            metavar=("WEAK", "STRONG"), help="EOT samples of the weak and strong attack compared")
+                            help="images for the costly checks (convergence, huge eps); 0 skips them")
+        sanity.add_argument("--convergence_checks", nargs="*", default=list(defaults.convergence_checks),
+                            help=f"budgets doubled to test that the attack converged, from "
+                                 f"{', '.join(CONVERGENCE_AXES)} (none: skip)")
+        sanity.add_argument("--convergence_tolerance", type=float, default=defaults.convergence_tolerance,
+                            help="how far robust accuracy may fall when a budget doubles before the report says "
+                                 "'attack not converged'")
         sanity.add_argument("--huge_eps", type=float, default=defaults.huge_eps,
                             help="the Linf eps at which every defense must fall to chance")
         sanity.add_argument("--gradient_check", action=argparse.BooleanOptionalAction, default=defaults.gradient_check,
@@ -178,19 +189,22 @@ class EvaluateCommand(BaseAgdmCLICommand):
 
 def config_from_args(args):
     """The [`EvaluationConfig`] an `agdm evaluate` command line describes: the one place flags become settings."""
-    from ..evaluation.runner import EvaluationConfig
+    from ..evaluation.config import EvaluationConfig
 
     seeds = (args.seed,) if args.seed is not None else _split_list(args.seeds, int, "--seeds")
     return EvaluationConfig(
         attacks=_split_list(args.attacks, str, "--attacks"), defenses=_split_list(args.defenses, str, "--defenses"),
         norm=args.norm, eps=args.eps, eps_grid=_split_list(args.eps_grid, float, "--eps_grid"),
-        pgd_steps=args.pgd_steps, pgd_step_size=args.pgd_step_size, eot_samples=args.eot_samples, loss=args.loss,
-        random_start=args.random_start, surrogate_steps=args.surrogate_steps,
+        steps=args.steps, restarts=args.restarts, targeted_restarts=args.targeted_restarts,
+        eot_samples=args.eot_samples, eot_batch=args.eot_batch, loss=args.loss, step_size=args.step_size,
+        random_start=args.random_start, guidance_weight=args.guidance_weight, surrogate_steps=args.surrogate_steps,
         autoattack_steps=args.autoattack_steps, autoattack_eot_iter=args.autoattack_eot_iter,
         autoattack_square_queries=args.autoattack_square_queries, rescore_runs=args.rescore_runs, seeds=seeds,
         batch_size=args.batch_size, strength=args.strength, num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale, pixel_guidance_scale=args.pixel_guidance_scale,
         feature_weight=args.feature_weight, class_guidance=args.class_guidance, guidance_target=args.guidance_target,
-        sanity_images=args.sanity_images, sanity_steps=tuple(args.sanity_steps), sanity_eot=tuple(args.sanity_eot),
-        huge_eps=args.huge_eps, gradient_check=args.gradient_check, num_examples=args.num_examples,
-        allow_failed_sanity=args.allow_failed_sanity, show_progress_bar=args.progress_bar)
+        sanity_images=args.sanity_images,
+        convergence_checks=_split_list(args.convergence_checks, str, "--convergence_checks"),
+        convergence_tolerance=args.convergence_tolerance, huge_eps=args.huge_eps, gradient_check=args.gradient_check,
+        num_examples=args.num_examples, allow_failed_sanity=args.allow_failed_sanity,
+        show_progress_bar=args.progress_bar)
