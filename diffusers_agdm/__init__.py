@@ -1,43 +1,53 @@
-"""diffusers-agdm: adversarial purification with Adversarial Guided Diffusion Models (AGDM) for Hugging Face Diffusers."""
+"""diffusers-agdm: adversarial purification with Adversarial Guided Diffusion Models (AGDM) for Hugging Face Diffusers.
+
+The public names below load on first use (as Diffusers' own package does), so `import diffusers_agdm` and the
+`agdm` command's `--help` do not pay for torch. Importing this package still makes `DiffusionPipeline.from_pretrained`
+understand our pipelines: the registration runs as soon as Diffusers is imported (see `_registration.py`).
+"""
+
+import importlib
+
+from ._registration import register_when_diffusers_loads
 
 __version__ = "0.1.0"
 
-# `ModelMixin` must be an attribute of this package: Diffusers' loader checks a component's class against the
-# base classes it finds on the component's library, which is this package once it is registered below.
-from diffusers import ConfigMixin, ModelMixin  # noqa: F401
+_LAZY = {
+    # `ModelMixin` must be an attribute of this package: Diffusers' loader checks a component's class against the
+    # base classes it finds on the component's library, which is this package once it is registered.
+    "ConfigMixin": "diffusers",
+    "ModelMixin": "diffusers",
+    "GuidanceSettings": ".guided_step",
+    "GuidedReverseStep": ".guided_step",
+    "make_model_card": ".hub",
+    "push_folder_to_hub": ".hub",
+    "GuidanceModel": ".models",
+    "GuidanceModelOutput": ".models",
+    "ImageClassifierOutput": ".models",
+    "SmallImageClassifier": ".models",
+    "CifarResNet": ".models.resnet",
+    "load_pyautoattack_resnet18": ".models.resnet",
+    "AdversarialGuidedPurificationPipeline": ".pipelines",
+    "AdversarialGuidedPurificationPipelineOutput": ".pipelines",
+    "AdversarialPurificationPipelineOutput": ".pipelines",
+    "PurifiedClassifier": ".pipelines",
+    "default_pipeline_path": ".pretrained",
+    "load_pipeline": ".pretrained",
+    "PurificationSettings": ".settings",
+}
 
-from ._registration import register_with_diffusers
-from .guided_step import GuidanceSettings, GuidedReverseStep
-from .hub import make_model_card, push_folder_to_hub
-from .models import GuidanceModel, GuidanceModelOutput, ImageClassifierOutput, SmallImageClassifier
-from .models.resnet import CifarResNet, load_pyautoattack_resnet18
-from .pipelines import (
-    AdversarialGuidedPurificationPipeline,
-    AdversarialGuidedPurificationPipelineOutput,
-    AdversarialPurificationPipelineOutput,
-    PurifiedClassifier,
-)
-from .pretrained import default_pipeline_path, load_pipeline
-from .settings import PurificationSettings
 
-register_with_diffusers([AdversarialGuidedPurificationPipeline])
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-__all__ = [
-    "AdversarialGuidedPurificationPipeline",
-    "AdversarialGuidedPurificationPipelineOutput",
-    "AdversarialPurificationPipelineOutput",
-    "CifarResNet",
-    "GuidanceModel",
-    "GuidanceModelOutput",
-    "GuidanceSettings",
-    "GuidedReverseStep",
-    "ImageClassifierOutput",
-    "PurificationSettings",
-    "PurifiedClassifier",
-    "SmallImageClassifier",
-    "default_pipeline_path",
-    "load_pipeline",
-    "load_pyautoattack_resnet18",
-    "make_model_card",
-    "push_folder_to_hub",
-]
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+register_when_diffusers_loads()
+
+__all__ = [name for name in _LAZY if name not in ("ConfigMixin", "ModelMixin")]

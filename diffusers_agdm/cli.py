@@ -1,189 +1,56 @@
 """
-The `agdm` command line. Each subcommand is a function `add_<name>_command(subparsers)` that registers its parser
-and the function running it: `evaluate` here, `purify`, `info` and `push` in `commands.py`. Without `--pipeline`,
-each works on the embedded default MNIST pipeline.
+The `agdm` command line: the entry point only. Each subcommand lives in its own module of
+`diffusers_agdm.commands` (as Diffusers' own `diffusers/commands/` does); without `--pipeline`, each works on the
+embedded default MNIST pipeline.
 
-    agdm evaluate --pipeline path/or/hub-id --dataset mnist --split test --num_images 64 --eps 0.3 \\
-        --attacks pgd,bpda --output_dir outputs/eval
+    agdm evaluate --num_images 16 --output_dir outputs/quickstart
+    accelerate launch --num_processes 2 -m diffusers_agdm.cli evaluate ...
 
-Under `accelerate launch --num_processes N -m diffusers_agdm.cli evaluate ...` the images are split between the
-processes and the result equals a one-process run with the same seeds.
+Only the command that runs gets its full parser: the others are listed by name and one-line help, so `agdm --help`
+and `agdm --version` import neither torch nor Diffusers.
 """
 
 import argparse
-import shlex
+import importlib
 import sys
 
-EXIT_OK, EXIT_SANITY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from . import __version__
+from .commands import COMMANDS, EXIT_BAD_INPUT, EXIT_OK, EXIT_SANITY_FAILED  # noqa: F401  (the exit codes' home)
 
 
-def load_pipeline(name_or_path: str | None):
-    """The one place `agdm` loads a pipeline: a local folder or a Hub id, or the embedded default when None."""
-    from .pretrained import load_pipeline as load
-
-    return load(name_or_path)
+def command_class(name: str):
+    module_name, class_name = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(f".commands.{module_name}", __package__), class_name)
 
 
-def _split_list(values, cast, option: str) -> tuple:
-    """`--x a,b c` -> (a, b, c): lists may be given with commas, spaces or both."""
-    items = [item for value in (values or []) for item in str(value).split(",") if item.strip()]
-    try:
-        return tuple(cast(item.strip()) for item in items)
-    except ValueError as err:
-        raise ValueError(f"{option}: cannot read {values!r} ({err}).") from err
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"agdm (diffusers-agdm) {__version__}; diffusers {installed('diffusers')}, torch {installed('torch')}"
 
 
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def add_evaluate_command(subparsers) -> None:
-    from .evaluation.defenses import DEFENSES
-    from .evaluation.runner import ATTACKS, EvaluationConfig
-
-    defaults = EvaluationConfig()
-    parser = subparsers.add_parser(
-        "evaluate", help="clean and robust accuracy of the four defenses, with sanity checks, JSON, markdown, plots",
-        description="Robust accuracy of the undefended classifier, unguided purification (DiffPure-style), pixel "
-                    "guidance (GDMP-style) and latent guidance (AGDM) on the same images, seeds and budgets. Writes "
-                    "results.json, results.md, robust_accuracy_vs_eps.png and examples_grid.png to --output_dir and "
-                    "exits with status 1 when a sanity check fails (unless --allow_failed_sanity).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = parser.add_argument_group("pipeline and data")
-    data.add_argument("--pipeline", default=None, help="pipeline folder or Hub id (default: the embedded MNIST "
-                      "pipeline)")
-    data.add_argument("--dataset", default="mnist", help="a built-in (mnist, fashion-mnist, foolbox-*) or a Hub id")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--data_dir", default=None, help="an image folder (class = sub-folder) instead of --dataset")
-    data.add_argument("--image_column", default="image")
-    data.add_argument("--label_column", default="label")
-    data.add_argument("--split", default="test")
-    data.add_argument("--start_index", type=int, default=0, help="first image of the split to evaluate")
-    data.add_argument("--num_images", type=int, default=64, help="images to evaluate (0: the whole split)")
-
-    threat = parser.add_argument_group("threat model and attacks")
-    threat.add_argument("--norm", default=defaults.norm, choices=("Linf", "L2"))
-    threat.add_argument("--eps", type=float, default=defaults.eps, help="in [0, 1] pixel units (MNIST: Linf 0.3, "
-                        "L2 2.0)")
-    threat.add_argument("--eps_grid", nargs="*", default=[], help="more eps values for the accuracy-vs-eps plot")
-    threat.add_argument("--attacks", nargs="+", default=list(defaults.attacks),
-                        help=f"comma-separated, from {', '.join(ATTACKS)}")
-    threat.add_argument("--defenses", nargs="+", default=list(defaults.defenses),
-                        help=f"comma-separated, from {', '.join(DEFENSES)}")
-    threat.add_argument("--pgd_steps", type=int, default=defaults.pgd_steps)
-    threat.add_argument("--pgd_step_size", type=float, default=None, help="default: 2.5 * eps / pgd_steps")
-    threat.add_argument("--eot_samples", type=int, default=defaults.eot_samples,
-                        help="defense runs averaged per PGD gradient")
-    threat.add_argument("--loss", default=defaults.loss, choices=("ce", "margin"))
-    threat.add_argument("--no_random_start", action="store_true", help="start PGD at the clean image")
-    threat.add_argument("--surrogate_steps", type=int, default=None,
-                        help="reverse steps of the surrogate process (default: half the defense's)")
-    threat.add_argument("--autoattack_steps", type=int, default=defaults.autoattack_steps)
-    threat.add_argument("--autoattack_eot_iter", type=int, default=defaults.autoattack_eot_iter)
-    threat.add_argument("--autoattack_square_queries", type=int, default=defaults.autoattack_square_queries)
-    threat.add_argument("--rescore_runs", type=int, default=defaults.rescore_runs,
-                        help="K: fresh defense runs each image is scored over (all K / majority of K)")
-    threat.add_argument("--seeds", nargs="+", default=[str(s) for s in defaults.seeds],
-                        help="one evaluation per seed; mean and std over seeds")
-    threat.add_argument("--seed", type=int, default=None, help="shorthand for --seeds SEED")
-    threat.add_argument("--batch_size", type=int, default=defaults.batch_size,
-                        help="images per chunk of work (results depend on it, not on the number of processes)")
-
-    purification = parser.add_argument_group("purification (default: the pipeline's config)")
-    purification.add_argument("--strength", type=float, default=None, help="t* as a fraction of the schedule")
-    purification.add_argument("--num_inference_steps", type=int, default=None)
-    purification.add_argument("--guidance_scale", type=float, default=None, help="latent (AGDM) guidance scale")
-    purification.add_argument("--pixel_guidance_scale", type=float, default=None,
-                              help="pixel (GDMP-style) guidance scale (default: the pipeline's)")
-    purification.add_argument("--feature_weight", type=float, default=None)
-    purification.add_argument("--class_guidance", type=_bool, default=None, metavar="{true,false}")
-    purification.add_argument("--guidance_target", default=None, choices=("diffused", "input"))
-
-    sanity = parser.add_argument_group("sanity checks")
-    sanity.add_argument("--sanity_images", type=int, default=defaults.sanity_images,
-                        help="images for the costly checks (huge eps, more steps, more EOT); 0 skips them")
-    sanity.add_argument("--sanity_steps", type=int, nargs=2, default=list(defaults.sanity_steps),
-                        metavar=("WEAK", "STRONG"))
-    sanity.add_argument("--sanity_eot", type=int, nargs=2, default=list(defaults.sanity_eot),
-                        metavar=("WEAK", "STRONG"))
-    sanity.add_argument("--huge_eps", type=float, default=defaults.huge_eps)
-    sanity.add_argument("--no_gradient_check", action="store_true")
-    sanity.add_argument("--allow_failed_sanity", action="store_true",
-                        help="exit 0 even when a sanity check fails (the report still says FAILED)")
-
-    output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", default="outputs/evaluation")
-    output.add_argument("--num_examples", type=int, default=defaults.num_examples)
-    output.add_argument("--no_progress_bar", action="store_true")
-    output.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
-    parser.set_defaults(func=run_evaluate)
-
-
-def config_from_args(args):
-    """The [`EvaluationConfig`] an `agdm evaluate` command line describes."""
-    from .evaluation.runner import EvaluationConfig
-
-    seeds = (args.seed,) if args.seed is not None else _split_list(args.seeds, int, "--seeds")
-    return EvaluationConfig(
-        attacks=_split_list(args.attacks, str, "--attacks"), defenses=_split_list(args.defenses, str, "--defenses"),
-        norm=args.norm, eps=args.eps, eps_grid=_split_list(args.eps_grid, float, "--eps_grid"),
-        pgd_steps=args.pgd_steps, pgd_step_size=args.pgd_step_size, eot_samples=args.eot_samples, loss=args.loss,
-        random_start=not args.no_random_start, surrogate_steps=args.surrogate_steps,
-        autoattack_steps=args.autoattack_steps, autoattack_eot_iter=args.autoattack_eot_iter,
-        autoattack_square_queries=args.autoattack_square_queries, rescore_runs=args.rescore_runs, seeds=seeds,
-        batch_size=args.batch_size, strength=args.strength, num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale, pixel_guidance_scale=args.pixel_guidance_scale,
-        feature_weight=args.feature_weight, class_guidance=args.class_guidance, guidance_target=args.guidance_target,
-        sanity_images=args.sanity_images, sanity_steps=tuple(args.sanity_steps), sanity_eot=tuple(args.sanity_eot),
-        huge_eps=args.huge_eps, gradient_check=not args.no_gradient_check, num_examples=args.num_examples,
-        allow_failed_sanity=args.allow_failed_sanity, show_progress_bar=not args.no_progress_bar)
-
-
-def run_evaluate(args, argv) -> int:
-    from .data import load_labelled_images
-    from .evaluation.runner import SanityCheckError, evaluate, partial_state
-
-    config = config_from_args(args)
-    config.validate()  # bad flags fail before anything is loaded
-    if args.num_images < 0 or args.start_index < 0:
-        raise ValueError("--num_images and --start_index must be >= 0.")
-    state = partial_state(cpu=args.cpu)
-    try:
-        pipeline = load_pipeline(args.pipeline)
-        data = load_labelled_images(args.dataset if args.data_dir is None else None, args.split,
-                                    dataset_config_name=args.dataset_config_name, data_dir=args.data_dir,
-                                    image_column=args.image_column, label_column=args.label_column)
-        data = data.subset(args.start_index, args.num_images or None)
-        if len(data) == 0:
-            raise ValueError(f"No images to evaluate: the split has none from --start_index {args.start_index}.")
-        evaluate(pipeline, data, config, output_dir=args.output_dir, pipeline_name=args.pipeline or "embedded default",
-                 command="agdm " + shlex.join(argv))
-    except SanityCheckError as err:
-        if state.is_main_process:
-            print(f"\nagdm evaluate: FAILED: {err}", file=sys.stderr)
-        return EXIT_SANITY_FAILED
-    finally:
-        if state.use_distributed:
-            state.wait_for_everyone()
-            state.destroy_process_group()
-    return EXIT_OK
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .commands import add_info_command, add_purify_command, add_push_command
-
+def build_parser(full: str | tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """The `agdm` parser. `full` names the commands that get their complete parser (default: all); the others are
+    registered with their name and help only, which is all `agdm --help` shows."""
+    full = tuple(COMMANDS) if full is None else (full,) if isinstance(full, str) else full
     parser = argparse.ArgumentParser(prog="agdm", description="diffusers-agdm: adversarial purification with "
                                      "Adversarial Guided Diffusion Models.")
+    parser.add_argument("--version", action="version", version=_version(), help="print the versions and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_evaluate_command(subparsers)
-    add_purify_command(subparsers)
-    add_info_command(subparsers)
-    add_push_command(subparsers)
+    for name in COMMANDS:
+        cls = command_class(name)
+        if name in full:
+            cls.register_subcommand(subparsers)
+        else:
+            subparsers.add_parser(name, help=cls.help)
+    for sub in subparsers.choices.values():
+        sub.allow_abbrev = False  # an old or mistyped flag (--output, --dataset) is an error, never a guess
     return parser
 
 
@@ -191,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `agdm` console script; returns the exit status (0 ok, 1 sanity check failed, 2 bad
     input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(full=chosen if chosen in COMMANDS else ())
     args = parser.parse_args(argv)
+    command = args.func(args, argv)
     try:
-        return args.func(args, argv)
-    except ValueError as err:
-        print(f"agdm {args.command}: error: {err}", file=sys.stderr)
+        return command.run()
+    except (ValueError, OSError, ModuleNotFoundError) as err:
+        # Every anticipated failure (bad input, unreadable or unwritable files, an offline Hub, a missing optional
+        # dependency) is one line and exit 2; exit 1 means only "a sanity check failed".
+        print(f"agdm {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -32,7 +32,8 @@ def _pngs(folder, n=3):
 
 def test_purify_writes_images_and_a_comparison(saved, tmp_path, capsys):
     files = _pngs(tmp_path / "in")
-    assert main(["purify", *files, "--output", str(tmp_path / "out"), "--pipeline", str(saved), "--seed", "1"]) == 0
+    out = str(tmp_path / "out")
+    assert main(["purify", *files, "--output_dir", out, "--pipeline", str(saved), "--seed", "1"]) == 0
     for i in range(3):
         image = Image.open(tmp_path / "out" / f"digit{i}_purified.png")
         assert image.size == (8, 8)
@@ -45,20 +46,90 @@ def test_purify_writes_images_and_a_comparison(saved, tmp_path, capsys):
 def test_purify_is_deterministic_for_a_seed(saved, tmp_path):
     files = _pngs(tmp_path / "in", 2)
     for run in ("a", "b"):
-        main(["purify", *files, "--output", str(tmp_path / run), "--pipeline", str(saved), "--seed", "3"])
+        main(["purify", *files, "--output_dir", str(tmp_path / run), "--pipeline", str(saved), "--seed", "3"])
     a = np.asarray(Image.open(tmp_path / "a" / "digit0_purified.png"))
     b = np.asarray(Image.open(tmp_path / "b" / "digit0_purified.png"))
     np.testing.assert_array_equal(a, b)
 
 
 def test_purify_rejects_missing_and_wrong_sized_files(saved, tmp_path, capsys):
-    assert main(["purify", str(tmp_path / "nope.png"), "--output", str(tmp_path / "o"), "--pipeline",
+    assert main(["purify", str(tmp_path / "nope.png"), "--output_dir", str(tmp_path / "o"), "--pipeline",
                  str(saved)]) == 2
     assert "No such image file" in capsys.readouterr().err
     Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(tmp_path / "big.png")
-    assert main(["purify", str(tmp_path / "big.png"), "--output", str(tmp_path / "o"), "--pipeline",
+    assert main(["purify", str(tmp_path / "big.png"), "--output_dir", str(tmp_path / "o"), "--pipeline",
                  str(saved)]) == 2
     assert "8x8 images, got 16x16" in capsys.readouterr().err
+
+
+def _error_line(capsys, command):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"agdm {command}: error: "), err
+    return err
+
+
+def test_purify_keeps_inputs_with_the_same_name_apart(saved, tmp_path, capsys):
+    a, b = _pngs(tmp_path / "a", 1)[0], _pngs(tmp_path / "b", 2)[1].replace("digit1", "digit0")
+    Image.fromarray(np.full((8, 8), 200, np.uint8), mode="L").save(b)  # b/digit0.png, another image
+    assert main(["purify", a, b, "--output_dir", str(tmp_path / "out"), "--pipeline", str(saved)]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").glob("*_purified.png"))
+    assert written == ["digit0_1_purified.png", "digit0_2_purified.png"]
+    first, second = (np.asarray(Image.open(tmp_path / "out" / name)) for name in written)
+    assert not np.array_equal(first, second)
+    printed = capsys.readouterr().out
+    assert f"{a} -> " in printed and f"{b} -> " in printed
+
+
+@pytest.mark.parametrize("case", ["truncated", "not an image", "output under a file", "output is a file",
+                                  "output overwrites input"])
+def test_purify_fails_in_one_line_before_loading_the_pipeline(saved, tmp_path, capsys, case):
+    image = _pngs(tmp_path / "in", 1)[0]
+    output = tmp_path / "out"
+    if case == "truncated":
+        data = open(image, "rb").read()
+        open(image, "wb").write(data[: len(data) // 2])
+    elif case == "not an image":
+        open(image, "w").write("hello")
+    elif case == "output under a file":
+        (tmp_path / "file").write_text("")
+        output = tmp_path / "file" / "out"
+    elif case == "output is a file":
+        output = tmp_path / "file"
+        output.write_text("")
+    images = [image]
+    if case == "output overwrites input":  # x.png's output would be the other input, x_purified.png
+        images = [str(tmp_path / "in" / name) for name in ("x.png", "x_purified.png")]
+        for name in images:
+            shutil.copy(image, name)
+        output = tmp_path / "in"
+    with mock.patch("diffusers_agdm.pretrained.load_pipeline") as load:
+        assert main(["purify", *images, "--output_dir", str(output), "--pipeline", str(saved)]) == 2
+    load.assert_not_called()
+    err = _error_line(capsys, "purify")
+    expected = {"truncated": "cannot read", "not an image": "cannot read", "output under a file": "not a writable",
+                "output is a file": "not a folder", "output overwrites input": "would overwrite the input"}[case]
+    assert expected in err
+
+
+@pytest.mark.parametrize("case", ["folder without model_index.json", "offline hub", "not our pipeline", "a file"])
+def test_info_fails_in_one_line_with_exit_2(tmp_path, capsys, case):
+    if case == "folder without model_index.json":
+        source, expected = str(tmp_path), "no model_index.json"
+    elif case == "offline hub":
+        source, expected = "org/not-cached", "org/not-cached"
+    elif case == "a file":
+        (tmp_path / "f").write_text("")
+        source, expected = str(tmp_path / "f"), "is a file"
+    else:
+        from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+        unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                           norm_num_groups=8, layers_per_block=1,
+                           down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+        DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+        source, expected = str(tmp_path / "ddpm"), "holds a DDPMPipeline, not an AdversarialGuidedPurificationPipeline"
+    assert main(["info", "--pipeline", source]) == 2
+    assert expected in _error_line(capsys, "info")
 
 
 def test_info_lists_components_config_and_card_numbers(saved, tmp_path, capsys):
@@ -66,8 +137,10 @@ def test_info_lists_components_config_and_card_numbers(saved, tmp_path, capsys):
 
     folder = tmp_path / "with_card"
     shutil.copytree(saved, folder)
-    results = [{"defense": "latent", "attack": "PGD-EOT", "clean_accuracy": 0.9, "robust_accuracy": 0.55}]
-    make_model_card(load_pipeline(str(folder)), "org/x", results=results, dataset="mnist").save(folder / "README.md")
+    results = [{"defense": "latent", "attack": "PGD-EOT", "norm": "Linf", "eps": 0.3, "clean_accuracy": 0.9,
+                "robust_accuracy": 0.55}]
+    card = make_model_card(load_pipeline(str(folder)), "org/x", results=results, dataset="mnist", split="test")
+    card.save(folder / "README.md")
     assert main(["info", "--pipeline", str(folder), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info["components"]) == {"unet", "scheduler", "guidance", "classifier"}
@@ -86,9 +159,17 @@ def test_push_uploads_folder_with_card_and_it_loads_back(saved, tmp_path, hub_ca
         shutil.copytree(folder_path, uploaded)
         return "https://huggingface.co/org/agdm-cli/commit/1"
 
-    with mock.patch("diffusers_agdm.hub.create_repo", lambda repo_id, **k: SimpleNamespace(repo_id=repo_id)), \
+    created = []
+
+    def fake_create(repo_id, **kwargs):
+        created.append(kwargs)
+        return SimpleNamespace(repo_id=repo_id)
+
+    with mock.patch("diffusers_agdm.hub.create_repo", fake_create), \
             mock.patch("diffusers_agdm.hub.upload_folder", fake_upload):
-        assert main(["push", "--pipeline", str(saved), "--repo_id", "org/agdm-cli"]) == 0
+        assert main(["push", "--pipeline", str(saved), "--hub_model_id", "org/agdm-cli", "--hub_token", "hf_x",
+                     "--private"]) == 0
+    assert created == [{"private": True, "token": "hf_x", "exist_ok": True}]
     files = repo_files(uploaded)
     assert "README.md" in files and "model_index.json" in files
     assert "org/agdm-cli" in (uploaded / "README.md").read_text()

@@ -58,9 +58,9 @@ def test_agdm_commands_default_to_the_embedded_pipeline(tmp_path, capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert "GuidanceModel" in text and "robust accuracy" in text
-    code = main(["evaluate", "--num_images", "4", "--pgd_steps", "1", "--eot_samples", "1", "--rescore_runs", "1",
-                 "--sanity_images", "0", "--no_gradient_check", "--batch_size", "4", "--num_examples", "2",
-                 "--no_progress_bar", "--output_dir", str(tmp_path / "eval"), "--allow_failed_sanity"])
+    code = main(["evaluate", "--num_images", "4", "--steps", "1", "--eot_samples", "1", "--rescore_runs", "1",
+                 "--sanity_images", "0", "--no-gradient_check", "--batch_size", "4", "--num_examples", "2",
+                 "--no-progress_bar", "--output_dir", str(tmp_path / "eval"), "--allow_failed_sanity"])
     assert code == 0
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert report["pipeline"] == "embedded default" and set(report["results"]) == {"undefended", "none", "pixel",

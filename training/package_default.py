@@ -103,10 +103,11 @@ def evaluation_summary(path: Path):
     threat = settings["threat_model"]
     attacks = settings["attacks"]
     k = settings["rescore_runs"]
-    where = f"{report['data']['name']}, {report['data']['num_images']} images"
-    results = [{"defense": defense,
-                "attack": f"{attack} {threat['norm']} eps={threat['eps']:g} ({where}; robust = clean-correct and "
-                          f"correct in all K = {k} runs)",
+    # The data's name reads "<dataset>/<split>[start:stop]": the card's metadata names the dataset and the split.
+    dataset, _, split = report["data"]["name"].rpartition("/")
+    results = [{"defense": defense, "attack": attack, "norm": threat["norm"], "eps": threat["eps"],
+                "dataset": dataset, "split": split.split("[")[0], "num_images": report["data"]["num_images"],
+                "score": f"robust = clean-correct and correct in all K = {k} runs",
                 "clean_accuracy": round(by_attack["clean"]["all"]["mean"], 4),
                 "robust_accuracy": round(by_attack[attack]["all"]["mean"], 4)}
                for defense, by_attack in report["results"].items() for attack in attacks

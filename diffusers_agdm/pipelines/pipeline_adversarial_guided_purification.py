@@ -649,8 +649,11 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ Hub
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
-                    token: str | None = None, create_pr: bool = False, model_card: str | None = None,
-                    **kwargs) -> str:
-        """Upload this pipeline (safetensors) with a model card to the Hub; returns the commit URL."""
+                    token: str | None = None, create_pr: bool = False, safe_serialization: bool = True,
+                    variant: str | None = None, subfolder: str | None = None,
+                    model_card: str | None = None) -> str:
+        """Upload this pipeline (safetensors) with a model card to the Hub, with Diffusers' `push_to_hub`
+        arguments; returns the commit URL."""
         return push_pipeline_to_hub(self, repo_id, commit_message=commit_message, private=private, token=token,
-                                    create_pr=create_pr, model_card=model_card)
+                                    create_pr=create_pr, safe_serialization=safe_serialization, variant=variant,
+                                    subfolder=subfolder, model_card=model_card)
