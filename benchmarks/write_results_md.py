@@ -107,8 +107,18 @@ def steps(r) -> list[str]:
             f"**{res['fewest_ddim_steps_within_1_point']}**.", ""]
 
 
+def _is_old_protocol(r) -> bool:
+    """A robustness table measured before the converged evaluation: PGD with float32 CE, not clean-and-robust."""
+    return not all(entry.get("robust_rule") for _, entry, _ in _table_runs(r))
+
+
 def table(r) -> list[str]:
     lines = ["## 4. The robustness table", "", *_header(r)]
+    if _is_old_protocol(r):
+        lines += ["**Withdrawn.** These numbers were measured with PGD-10, float32 cross-entropy, EOT 1, K = 3 and "
+                  "without requiring clean-correct images. The convergence study (section 0) shows that this attack "
+                  "overstates every defense's robustness, so they are kept for the record only: upper bounds, not "
+                  "results.", ""]
     for key, entry, attacks in _table_runs(r):
         k = _rescore_runs(r, entry)
         rows = []
@@ -134,6 +144,60 @@ def table(r) -> list[str]:
                   "Sanity checks: " + ("all passed or skipped" if not failed else
                                        "**FAILED: " + "; ".join(c["name"] for c in failed) + "**"), ""]
     return lines
+
+
+CONVERGENCE_TITLES = {"none": "unguided (DiffPure-style)", "pixel": "pixel guidance (GDMP-style)",
+                      "latent": "latent guidance (AGDM)"}
+
+
+def _setting_words(settings: dict) -> str:
+    runs = f"{settings['restarts']} run(s)" + (f" + {settings['targeted_restarts']} targeted"
+                                                 if settings.get("targeted_restarts") else "")
+    extra = f", guidance-target term weight {settings['guidance_weight']:g}" if settings.get("guidance_weight") else ""
+    return (f"APGD, {settings['loss']} loss, {settings['steps']} iterations x {runs}, EOT {settings['eot_samples']}"
+            f"{extra}; {settings['norm']} eps {settings['eps']:g}; K = {settings['rescore_runs']}, seed "
+            f"{settings['seed']}")
+
+
+def convergence(r) -> list[str]:
+    lines = ["## 0. Attack convergence", "",
+             f"Command: `python benchmarks/attack_convergence.py` (settings per row below; `--summarize` renders).  ",
+             f"Machine: {r['machine']['cpu_count']} CPU cores, torch {r['machine']['torch']}.", "",
+             "Clean-and-robust accuracy (%) of the embedded default's three purification defenses under exact-gradient "
+             "APGD through the whole defense, against gradient evaluations per image (iterations x EOT x runs), on "
+             "the first held-out MNIST test images. Each point is the worst point per image found so far in one "
+             "long run, re-scored over K fresh defense runs (draws separate from the attack's); an image counts only "
+             "if it is also clean-correct under the same score.", "",
+             "![robust accuracy against gradient evaluations](results/attack_convergence.png)", ""]
+    for tag, by_defense in r["results"].items():
+        for defense, result in by_defense.items():
+            clean, curve = result["clean"], result["curve"]
+            n, k = clean["num_images"], result["settings"]["rescore_runs"]
+            rows = [[p["gradient_evaluations"], *(f"{100 * p[kind]:.1f}" for kind in SCORE_HEADERS)] for p in curve]
+            rows.insert(0, ["clean", *(f"{100 * clean[kind]:.1f}" for kind in SCORE_HEADERS)])
+            lines += [f"### {CONVERGENCE_TITLES.get(defense, defense)}, `{tag}` ({n} images)", "",
+                      _setting_words(result["settings"]) + f"; {result['cpu_s'] / 60:.0f} CPU-min.", "",
+                      markdown_table(["gradient evaluations / image",
+                                      *(f"{SCORE_HEADERS[kind].format(k=k)} %" for kind in SCORE_HEADERS)], rows),
+                      ""]
+    return lines
+
+
+def gradient_throughput(r) -> list[str]:
+    rows = [[defense, f"{v['one_call_per_draw']:.2f}", f"{v['batched']:.2f}", f"{v['ratio']:.2f}x"]
+            for defense, v in r["results"].items()]
+    return ["## 5. Gradient evaluations per CPU-second", "", *_header(r),
+            f"{r['settings']['num_images']} images, EOT {r['settings']['eot_samples']}, margin loss, median of "
+            f"{r['settings']['repeats']} timed calls after a warm-up; the same process measures both.", "",
+            markdown_table(["defense", "EOT draws one call each", "EOT draws batched", "batched / one each"], rows), ""]
+
+
+def quickstart(r) -> list[str]:
+    n = r["results"]
+    return ["## 6. The README's first command", "", *_header(r),
+            f"`{n['command']}` (the install excluded): **{n['wall_s'] / 60:.1f} min wall, {n['cpu_s'] / 60:.1f} "
+            f"CPU-min**, exit code {n['exit_code']}, on {n['cpu_count']} cores with load average "
+            f"{n['load_average_before'][0]:.2f} when it started.", ""]
 
 
 def _spread_note(seeds) -> str:
@@ -182,13 +246,36 @@ def readme_table(r) -> str:
             f"one-run scores, sanity checks, shortfalls and commands: [benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
 
 
-def update_readme(r, readme: Path = README) -> None:
+def convergence_readme_table(r) -> str:
+    """The README's headline: per defense, clean accuracy and clean-and-robust accuracy at the largest budget the
+    convergence study ran, under the three scores, with the attack named."""
+    rows = []
+    for tag, by_defense in r["results"].items():
+        for defense, result in by_defense.items():
+            last, clean, k = result["curve"][-1], result["clean"], result["settings"]["rescore_runs"]
+            rows.append([CONVERGENCE_TITLES.get(defense, defense), f"`{tag}`", clean["num_images"],
+                         f"{100 * clean['all']:.1f} / {100 * clean['majority']:.1f}",
+                         last["gradient_evaluations"],
+                         *(f"{100 * last[kind]:.1f}" for kind in SCORE_HEADERS)])
+    k = "/".join(sorted({str(res["settings"]["rescore_runs"]) for d in r["results"].values() for res in d.values()}))
+    return (markdown_table(["defense", "attack setting", "images", f"clean % (all / majority of {k})",
+                            "gradient evaluations / image", f"robust % (all {k})", f"robust % (majority of {k})",
+                            "robust % (one run)"], rows) + "\n\n"
+            f"Linf 0.3 on the first held-out MNIST test images; exact-gradient APGD through the whole defense (see "
+            f"each row's setting in [benchmarks/RESULTS.md](benchmarks/RESULTS.md), section 0); an image counts as "
+            f"robust only if it is classified correctly both clean and attacked. These are upper bounds on few "
+            f"images (CPU), not converged numbers: read the shortfalls in RESULTS.md before quoting them.")
+
+
+def update_readme(loaded, readme: Path = README) -> None:
+    r = loaded.get("attack_convergence")
+    table_text = convergence_readme_table(r) if r else readme_table(loaded["robustness_table"])
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         return
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    _write_atomic(readme, f"{head}{README_START}\n{readme_table(r)}\n{README_END}{tail}")
+    _write_atomic(readme, f"{head}{README_START}\n{table_text}\n{README_END}{tail}")
     print(f"updated the robustness table in {readme}")
 
 
@@ -202,8 +289,9 @@ def main(argv=None):
     parts = ["# Benchmark results", "",
              "The last measured numbers, rendered from `benchmarks/results/*.json` by "
              "`python benchmarks/write_results_md.py`; each section names the command that produced it.", ""]
-    sections = (("purification_throughput", throughput), ("attack_memory", memory),
-                ("steps_vs_robustness", steps), ("robustness_table", table))
+    sections = (("attack_convergence", convergence), ("purification_throughput", throughput),
+                ("attack_memory", memory), ("steps_vs_robustness", steps), ("robustness_table", table),
+                ("gradient_throughput", gradient_throughput), ("quickstart_time", quickstart))
     loaded = {name: _load(args.results_dir, name) for name, _ in sections}
     for name, render in sections:
         r = loaded[name]
@@ -213,8 +301,8 @@ def main(argv=None):
         parts += [extra.read_text()]
     _write_atomic(args.output, "\n".join(parts))
     print(f"wrote {args.output}")
-    if loaded["robustness_table"] and args.readme.is_file():
-        update_readme(loaded["robustness_table"], args.readme)
+    if args.readme.is_file() and (loaded["attack_convergence"] or loaded["robustness_table"]):
+        update_readme(loaded, args.readme)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,12 @@ def test_card_records_measured_numbers_and_commands():
         assert command in card, command
     tuning = json.loads((FOLDER / "tuning.json").read_text())
     pipe_config = json.loads((FOLDER / "model_index.json").read_text())
-    assert pipe_config["strength"] == tuning["chosen"]["latent"]["strength"]
+    # Tuned under the old img2img convention (strength 0.35 started 10 DDIM steps at t = 306); the config now names
+    # that t* directly, so the defense is the one tuned and measured.
+    from diffusers_agdm.utils.schedule import purification_timesteps
+
+    assert round(pipe_config["strength"] * 1000) == tuning["chosen"]["latent"]["first_timestep"] == 306
+    assert purification_timesteps(pipe_config["strength"], 10, 1000, True) == tuple(range(306, -1, -34))
     assert pipe_config["guidance_scale"] == tuning["chosen"]["latent"]["scale"]
     assert Path(__file__).resolve().parents[1].joinpath("model_cards", "agdm-mnist.md").read_text() == card
 

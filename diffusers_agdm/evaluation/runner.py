@@ -155,9 +155,9 @@ def _prepare(pipeline, data: LabelledImages, config: EvaluationConfig, state) ->
     if config.targeted_restarts >= num_classes:
         raise ValueError(f"`targeted_restarts` must be below the number of classes ({num_classes}), got "
                          f"{config.targeted_restarts}.")
-    if "apgd-guidance" in config.attacks and ("latent" not in config.defenses or pipeline.guidance is None):
-        raise ValueError("The apgd-guidance attack targets the guidance network of latent guidance: evaluate the "
-                         "'latent' defense of a pipeline with a guidance model, or drop the attack.")
+    if set(config.attacks) <= {"apgd-guidance"} and "latent" not in config.defenses:
+        raise ValueError("The apgd-guidance attack targets the guidance network of latent guidance, and no defense "
+                         "evaluated has one: add the 'latent' defense or another attack.")
     names = ("undefended",) + tuple(d for d in config.defenses if d != "undefended")
     specs = {spec.name: spec for spec in config_defense_specs(pipeline, config, names)}
     return specs, num_classes
