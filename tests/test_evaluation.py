@@ -138,7 +138,8 @@ def test_evaluate_reports_every_defense_attack_and_setting(evaluated):
     settings = report["settings"]
     assert settings["threat_model"] == {"norm": "Linf", "eps": 0.3, "eps_grid": [0.1, 0.3]}
     assert settings["attack"]["steps"] == 2 and settings["attack"]["pgd_step_size"] == pytest.approx(2.5 * 0.3 / 2)
-    assert settings["attack"]["gradient_evaluations_per_image"] == 2 and settings["attack"]["loss"] == "margin"
+    assert settings["attack"]["gradient_evaluations_per_image"] == 2 * (1 + 3)  # 2 steps x (1 + 3 targeted) runs
+    assert settings["attack"]["loss"] == "margin"
     assert "clean and attacked" in settings["robust_rule"]
     assert settings["seeds"] == [0, 1] and settings["rescore_runs"] == 3
     assert settings["surrogate"]["num_inference_steps"] == {"none": 1, "pixel": 1, "latent": 1}
