@@ -154,7 +154,7 @@ def plot(summary: dict, path: Path) -> None:
                         color=colors[defense], linestyle=styles[index % len(styles)], marker="o", markersize=3,
                         label=f"{defense} / {tag} (n={curve[0]['num_images']})")
         ax.set_xscale("log")
-        ax.set_xlabel("gradient evaluations per image (steps x EOT x runs)")
+        ax.set_xlabel("gradient evaluations / image")
         ax.set_title({"all": "robust in all K runs", "majority": "robust in a majority of K",
                       "single": "robust in one run"}[kind])
         ax.grid(alpha=0.3)
