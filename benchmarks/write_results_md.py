@@ -12,7 +12,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, markdown_table  # noqa: E402
-
 from diffusers_agdm.evaluation.report import format_accuracy  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"

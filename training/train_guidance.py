@@ -13,10 +13,24 @@ import torch
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
 from diffusers_agdm.loading import load_classifier, load_diffusion_source
-from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
-                                     load_training_data, parse_training_args, train_loop)
-from diffusers_agdm.training.argtypes import (check_group_norm, check_model_source, check_steps_fit, comma_list,
-                                              finite, int_at_least)
+from diffusers_agdm.training import (
+    add_data_args,
+    add_hub_args,
+    add_training_args,
+    build_accelerator,
+    dataset_label,
+    load_training_data,
+    parse_training_args,
+    train_loop,
+)
+from diffusers_agdm.training.argtypes import (
+    check_group_norm,
+    check_model_source,
+    check_steps_fit,
+    comma_list,
+    finite,
+    int_at_least,
+)
 from diffusers_agdm.training.output import save_and_push
 from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
 from diffusers_agdm.utils import sample_size

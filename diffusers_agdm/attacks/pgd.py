@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .losses import LOSSES, attack_loss
+from .losses import LOSSES
 from .objective import AttackObjective
 
 NORMS = ("Linf", "L2")

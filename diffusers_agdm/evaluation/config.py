@@ -134,7 +134,9 @@ class EvaluationConfig:
             raise ValueError(f"Unknown attacks {unknown}; choose from {ATTACKS}.")
         unknown = [d for d in self.defenses if d not in DEFENSES]
         if unknown or not self.defenses:
-            raise ValueError(f"Unknown defenses {unknown}; choose from {DEFENSES}." if unknown else "No defense given.")
+            raise ValueError(
+                f"Unknown defenses {unknown}; choose from {DEFENSES}." if unknown else "No defense given."
+            )
         check_budget(self.norm, self.eps, self.steps, self.step_size, self.eot_samples, self.loss, self.restarts)
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {LOSSES}.")

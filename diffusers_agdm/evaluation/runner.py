@@ -11,7 +11,7 @@ shared between processes and gathered; the numbers equal a one-process run (see 
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -241,7 +241,8 @@ def evaluate(
     >>> from diffusers_agdm.evaluation import EvaluationConfig, evaluate
     >>> pipe = AdversarialGuidedPurificationPipeline.from_pretrained("path/to/pipeline")  # doctest: +SKIP
     >>> data = load_labelled_images("mnist", "test").subset(0, 64)  # doctest: +SKIP
-    >>> result = evaluate(pipe, data, EvaluationConfig(eps=0.3, steps=100), output_dir="outputs/eval")  # doctest: +SKIP
+    >>> config = EvaluationConfig(eps=0.3, steps=100)
+    >>> result = evaluate(pipe, data, config, output_dir="outputs/eval")  # doctest: +SKIP
     >>> result.report["results"]["latent"]["apgd"]["all"]["mean"]  # doctest: +SKIP
     ```
     """

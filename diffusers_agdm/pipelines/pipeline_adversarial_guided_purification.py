@@ -8,14 +8,13 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 import torch
-from torch import nn
-
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
 
 from ..guided_step import GUIDANCE_MODES, GuidanceSettings, GuidedReverseStep, replayed_step
 from ..hub import push_pipeline_to_hub
