@@ -101,9 +101,9 @@ def main(argv=None):
     train_data, monitor = load_training_data(args, channels=unet.config.in_channels, size=size, what="the UNet")
     num_classes = train_data.num_classes
     if classifier is not None:
-        from diffusers_agdm.pipelines.pipeline_adversarial_guided_purification import _classifier_num_classes
+        from diffusers_agdm.pipelines.components import classifier_num_classes
 
-        n = _classifier_num_classes(classifier)
+        n = classifier_num_classes(classifier)
         if n is not None and n != num_classes:
             raise ValueError(f"The classifier predicts {n} classes but {train_data.name} has {num_classes}.")
     guidance = GuidanceModel(in_channels=unet.config.in_channels, sample_size=size, num_classes=num_classes,
