@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..attacks.autoattack import autoattack_min_classes
 from ..data import LabelledImages, check_images_fit
 from ..distributed import needs_cpu_process_group
+from ..utils.paths import check_output_dir
 from .aggregation import Aggregate, Records
 from .checks import sanity_checks
 from .config import ATTACK_TITLES, ATTACKS, EvaluationConfig
@@ -109,23 +110,6 @@ def _merge_examples(chunks: dict, defenses: list[str], attack: str, eps: float, 
     return {"images": first["images"], "labels": first["labels"], "attack": attack, "eps": eps, "norm": norm,
             "defenses": {d: {k: v for k, v in chunks[d].items() if k not in ("images", "labels")}
                          for d in defenses if d in chunks}}
-
-
-def check_output_dir(output_dir) -> Path | None:
-    """Fail before any work if `output_dir` cannot hold the results (an existing file, an unwritable folder)."""
-    if output_dir is None:
-        return None
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output_dir {path} exists and is not a folder.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".agdm-write-test-{time.time_ns()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"Cannot write to the output folder {path}: {err.strerror or err}.") from err
-    return path
 
 
 def _prepare(pipeline, data: LabelledImages, config: EvaluationConfig, state) -> tuple[dict, int]:
@@ -251,7 +235,7 @@ def evaluate(
     output_path = None
     state = partial_state()
     if state.is_main_process:
-        output_path = check_output_dir(output_dir)
+        output_path = None if output_dir is None else check_output_dir(output_dir)
     specs, num_classes = _prepare(pipeline, data, config, state)
     defenses = list(dict.fromkeys(config.defenses))
     purifying = [d for d in defenses if specs[d].purifies]
