@@ -161,14 +161,9 @@ def test_latest_skips_a_checkpoint_without_its_marker(stopped_run, folder, capsy
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny diffusion pipeline (UNet + DDIM with 100 training steps, no guidance) to train guidance on."""
-    from diffusers_agdm import AdversarialGuidedPurificationPipeline
-    from dummies import dummy_pipeline
+    from dummies import save_diffusion_source
 
-    path = tmp_path_factory.mktemp("source")
-    pipe = dummy_pipeline(with_classifier=False)
-    AdversarialGuidedPurificationPipeline(unet=pipe.unet, scheduler=pipe.scheduler, guidance=None,
-                                          strength=0.3, num_inference_steps=3).save_pretrained(path)
-    return path
+    return save_diffusion_source(tmp_path_factory.mktemp("source"))
 
 
 def _no_work(module, monkeypatch):
