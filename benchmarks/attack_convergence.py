@@ -25,7 +25,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, load, machine  # noqa: E402
-
 from diffusers_agdm.attacks import apgd, rescore  # noqa: E402
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 from diffusers_agdm.evaluation.seeds import derive_seed  # noqa: E402

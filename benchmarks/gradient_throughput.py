@@ -16,7 +16,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load, markdown_table, write_results  # noqa: E402
-
 from diffusers_agdm.attacks import AttackObjective  # noqa: E402
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 

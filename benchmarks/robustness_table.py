@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, load, markdown_table, write_results  # noqa: E402
-
 from diffusers_agdm.attacks import LOSSES  # noqa: E402
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 from diffusers_agdm.evaluation import (  # noqa: E402

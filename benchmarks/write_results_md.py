@@ -12,7 +12,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, markdown_table  # noqa: E402
-
 from diffusers_agdm.evaluation.report import format_accuracy  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -161,13 +160,13 @@ def _setting_words(settings: dict) -> str:
 
 def convergence(r) -> list[str]:
     lines = ["## 0. Attack convergence", "",
-             f"Command: `python benchmarks/attack_convergence.py` (settings per row below; `--summarize` renders).  ",
+             "Command: `python benchmarks/attack_convergence.py` (settings per row below; `--summarize` renders).  ",
              f"Machine: {r['machine']['cpu_count']} CPU cores, torch {r['machine']['torch']}.", "",
-             "Clean-and-robust accuracy (%) of the embedded default's three purification defenses under exact-gradient "
-             "APGD through the whole defense, against gradient evaluations per image (iterations x EOT x runs), on "
-             "the first held-out MNIST test images. Each point is the worst point per image found so far in one "
-             "long run, re-scored over K fresh defense runs (draws separate from the attack's); an image counts only "
-             "if it is also clean-correct under the same score.", "",
+             "Clean-and-robust accuracy (%) of the embedded default's three purification defenses under "
+             "exact-gradient APGD through the whole defense, against gradient evaluations per image (iterations x "
+             "EOT x runs), on the first held-out MNIST test images. Each point is the worst point per image found so "
+             "far in one long run, re-scored over K fresh defense runs (draws separate from the attack's); an image "
+             "counts only if it is also clean-correct under the same score.", "",
              "![robust accuracy against gradient evaluations](results/attack_convergence.png)", ""]
     for tag, by_defense in r["results"].items():
         for defense, result in by_defense.items():
@@ -189,7 +188,8 @@ def gradient_throughput(r) -> list[str]:
     return ["## 5. Gradient evaluations per CPU-second", "", *_header(r),
             f"{r['settings']['num_images']} images, EOT {r['settings']['eot_samples']}, margin loss, median of "
             f"{r['settings']['repeats']} timed calls after a warm-up; the same process measures both.", "",
-            markdown_table(["defense", "EOT draws one call each", "EOT draws batched", "batched / one each"], rows), ""]
+            markdown_table(["defense", "EOT draws one call each", "EOT draws batched", "batched / one each"], rows),
+            ""]
 
 
 def quickstart(r) -> list[str]:
@@ -261,10 +261,10 @@ def convergence_readme_table(r) -> str:
     return (markdown_table(["defense", "attack setting", "images", f"clean % (all / majority of {k})",
                             "gradient evaluations / image", f"robust % (all {k})", f"robust % (majority of {k})",
                             "robust % (one run)"], rows) + "\n\n"
-            f"Linf 0.3 on the first held-out MNIST test images; exact-gradient APGD through the whole defense (see "
-            f"each row's setting in [benchmarks/RESULTS.md](benchmarks/RESULTS.md), section 0); an image counts as "
-            f"robust only if it is classified correctly both clean and attacked. These are upper bounds on few "
-            f"images (CPU), not converged numbers: read the shortfalls in RESULTS.md before quoting them.")
+            "Linf 0.3 on the first held-out MNIST test images; exact-gradient APGD through the whole defense (see "
+            "each row's setting in [benchmarks/RESULTS.md](benchmarks/RESULTS.md), section 0); an image counts as "
+            "robust only if it is classified correctly both clean and attacked. These are upper bounds on few "
+            "images (CPU), not converged numbers: read the shortfalls in RESULTS.md before quoting them.")
 
 
 def update_readme(loaded, readme: Path = README) -> None:

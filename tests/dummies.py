@@ -47,6 +47,15 @@ def dummy_pipeline(kind: str = "ddim", prediction_type: str = "epsilon", clip_sa
     return pipe
 
 
+def save_diffusion_source(path) -> Path:
+    """A tiny diffusion pipeline (UNet + DDIM, no guidance, no classifier) saved to `path`: what the guidance
+    training script builds on."""
+    pipe = dummy_pipeline(with_classifier=False)
+    AdversarialGuidedPurificationPipeline(unet=pipe.unet, scheduler=pipe.scheduler, guidance=None,
+                                          strength=0.3, num_inference_steps=3).save_pretrained(path)
+    return Path(path)
+
+
 def dummy_images(batch: int = 2, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
     return torch.rand(batch, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 

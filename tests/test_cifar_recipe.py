@@ -10,7 +10,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from diffusers_agdm import AdversarialGuidedPurificationPipeline, CifarResNet, GuidanceModel, load_pyautoattack_resnet18
+from diffusers_agdm import (
+    AdversarialGuidedPurificationPipeline,
+    CifarResNet,
+    GuidanceModel,
+    load_pyautoattack_resnet18,
+)
 from diffusers_agdm.data import load_labelled_images
 from diffusers_agdm.loading import load_diffusion_source
 from diffusers_agdm.models.public_configs import DDPM_CIFAR10_SCHEDULER, DDPM_CIFAR10_UNET, init_kwargs

@@ -16,7 +16,6 @@ from diffusers_agdm.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_SANITY_FAILED, buil
 from diffusers_agdm.commands.evaluate import config_from_args
 from dummies import dummy_pipeline
 
-
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--steps", "2", "--eot_samples", "1", "--rescore_runs", "3", "--batch_size", "2",
               "--sanity_images", "2", "--num_examples", "2", "--no-progress_bar"]

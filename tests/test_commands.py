@@ -106,7 +106,7 @@ def test_purify_fails_in_one_line_before_loading_the_pipeline(saved, tmp_path, c
         assert main(["purify", *images, "--output_dir", str(output), "--pipeline", str(saved)]) == 2
     load.assert_not_called()
     err = _error_line(capsys, "purify")
-    expected = {"truncated": "cannot read", "not an image": "cannot read", "output under a file": "not a writable",
+    expected = {"truncated": "cannot read", "not an image": "cannot read", "output under a file": "cannot be created",
                 "output is a file": "not a folder", "output overwrites input": "would overwrite the input"}[case]
     assert expected in err
 

@@ -4,7 +4,6 @@ and on disk) and real MNIST test images from the foolbox wheel."""
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from diffusers import DiffusionPipeline
 

@@ -22,7 +22,6 @@ from diffusers_agdm.evaluation import (
 )
 from dummies import CLASSES, dummy_images, dummy_pipeline
 
-
 # Tiny budgets: these tests check the machinery. On tiny random components the sanity thresholds are not
 # meaningful, so they run with allow_failed_sanity unless a test is about the checks themselves.
 TINY = dict(steps=2, eot_samples=1, rescore_runs=3, batch_size=3, sanity_images=2, convergence_checks=("steps", "eot"),
@@ -318,7 +317,8 @@ def test_units_are_shared_once_each_and_attacks_spread_over_processes():
     assert sorted(map(units.index, shares[0] + shares[1])) == list(range(len(units)))
     for share in shares:
         assert share == [u for u in units if u in share]  # kept in run order
-        assert sum(1 for u in share if u.job is not None and u.job.attack == "apgd" and u.job.defense != "undefended") == 3
+        attacked = [u for u in share if u.job is not None and u.job.attack == "apgd" and u.job.defense != "undefended"]
+        assert len(attacked) == 3
     loads = [sum(map(unit_cost, share)) for share in shares]
     assert max(loads) <= 1.1 * min(loads)
 

@@ -1,5 +1,5 @@
 """`import diffusers_agdm` is cheap and still makes Diffusers understand our pipeline, in any import order; the `agdm`
-command modules import no heavy library at module level and sit in no import circle."""
+command modules import no heavy library at module level; no module of the package sits in an import circle."""
 
 import ast
 import os
@@ -42,12 +42,29 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _executed_at_import(body: list[ast.stmt]):
+    """The import statements Python runs when the module is imported: at module level, inside top-level `try`/`if`
+    /`with` blocks and class bodies, but not inside functions or under `if TYPE_CHECKING:`."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If):
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                yield from _executed_at_import(node.body)
+            yield from _executed_at_import(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
+                yield from _executed_at_import(block)
+        elif isinstance(node, (ast.With, ast.ClassDef)):
+            yield from _executed_at_import(node.body)
+
+
 def _top_level_imports(path: Path) -> set[str]:
     """Package modules imported when `path` is imported (not inside functions)."""
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in _executed_at_import(ast.parse(path.read_text()).body):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -61,10 +78,71 @@ def _top_level_imports(path: Path) -> set[str]:
     return found
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Every package module -> the package modules that importing it runs. Importing `a.b.c` also runs `a.b` and
+    `a` (their `__init__`), except those the importer sits inside: they are already running or done."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        ancestors = {name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)}
+        edges = set()
+        for imported in _top_level_imports(path):
+            parts = imported.split(".")
+            edges.update(prefix for prefix in (".".join(parts[:i]) for i in range(1, len(parts)))
+                         if prefix not in ancestors)
+            edges.add(imported)
+        graph[name] = {m for m in edges if m in modules and m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component with more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circle_in_the_package():
+    graph = _import_graph()
+    assert len(graph) > 40 and graph["diffusers_agdm.evaluation.runner"]  # the walk found the package's modules
+    assert _cycles(graph) == [], "modules in an import circle"
+
+
+def test_the_circle_finder_finds_a_circle():
+    # The same finder on a graph that has one (a <-> b, c alone) and on the package with one edge added back.
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    graph = _import_graph()
+    graph["diffusers_agdm.evaluation.report"].add("diffusers_agdm.evaluation.runner")
+    assert any("diffusers_agdm.evaluation.runner" in cycle for cycle in _cycles(graph))
+
+
 def test_command_modules_are_in_no_import_circle_and_import_nothing_heavy():
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {name: {m for m in _top_level_imports(path) if m in modules and m != name}
-             for name, path in modules.items()}
+    graph = _import_graph()
 
     def reaches(start, goal, seen=()):
         return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, (*seen, nxt))) for nxt in graph[start])

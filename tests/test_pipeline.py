@@ -286,8 +286,11 @@ def test_sample_size_helper_reads_ints_and_square_pairs():
 def test_call_docstring_carries_the_runnable_example():
     import doctest
 
-    from diffusers_agdm import AdversarialGuidedPurificationPipeline, AdversarialGuidedPurificationPipelineOutput
-    from diffusers_agdm import AdversarialPurificationPipelineOutput
+    from diffusers_agdm import (
+        AdversarialGuidedPurificationPipeline,
+        AdversarialGuidedPurificationPipelineOutput,
+        AdversarialPurificationPipelineOutput,
+    )
 
     doc = AdversarialGuidedPurificationPipeline.__call__.__doc__
     assert ">>> pipe = AdversarialGuidedPurificationPipeline(" in doc

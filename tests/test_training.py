@@ -12,7 +12,7 @@ from PIL import Image
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
 from diffusers_agdm.training.trades import _kl, diffuse, kl_pgd
-from dummies import dummy_guidance, dummy_pipeline
+from dummies import dummy_guidance, dummy_pipeline, save_diffusion_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,11 +45,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny diffusion pipeline (UNet + DDIM, no guidance) to train guidance on."""
-    path = tmp_path_factory.mktemp("source")
-    pipe = dummy_pipeline(with_classifier=False)
-    AdversarialGuidedPurificationPipeline(unet=pipe.unet, scheduler=pipe.scheduler, guidance=None,
-                                          strength=0.3, num_inference_steps=3).save_pretrained(path)
-    return path
+    return save_diffusion_source(tmp_path_factory.mktemp("source"))
 
 
 TINY = ["--train_batch_size", "4", "--report_to", "none", "--learning_rate", "1e-2", "--lr_warmup_steps", "0",

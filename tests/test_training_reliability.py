@@ -161,15 +161,9 @@ def test_latest_skips_a_checkpoint_without_its_marker(stopped_run, folder, capsy
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny diffusion pipeline (UNet + DDIM with 100 training steps, no guidance) to train guidance on."""
-    from dummies import dummy_pipeline
+    from dummies import save_diffusion_source
 
-    from diffusers_agdm import AdversarialGuidedPurificationPipeline
-
-    path = tmp_path_factory.mktemp("source")
-    pipe = dummy_pipeline(with_classifier=False)
-    AdversarialGuidedPurificationPipeline(unet=pipe.unet, scheduler=pipe.scheduler, guidance=None,
-                                          strength=0.3, num_inference_steps=3).save_pretrained(path)
-    return path
+    return save_diffusion_source(tmp_path_factory.mktemp("source"))
 
 
 def _no_work(module, monkeypatch):
@@ -298,10 +292,9 @@ def test_tune_purification_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
 
 
 def test_tune_purification_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
-    from dummies import dummy_images, dummy_pipeline
-
     from diffusers_agdm.data import LabelledImages
     from diffusers_agdm.evaluation.execution import UnitRunner
+    from dummies import dummy_images, dummy_pipeline
 
     pipe_dir = tmp_path / "pipe"
     dummy_pipeline().save_pretrained(pipe_dir)
@@ -470,12 +463,11 @@ def test_package_default_reads_every_input_before_touching_the_shipped_default(t
 
 
 def test_package_default_writes_the_card_from_the_scored_report_without_measuring(tmp_path, monkeypatch, capsys):
-    from dummies import dummy_images, dummy_pipeline
-
     from diffusers_agdm.data import LabelledImages
     from diffusers_agdm.evaluation import EvaluationConfig, evaluate
     from diffusers_agdm.evaluation.execution import UnitRunner
     from diffusers_agdm.evaluation.report import format_accuracy
+    from dummies import dummy_images, dummy_pipeline
 
     module = _script("package_default")
     monkeypatch.setattr(module, "TARGET", tmp_path / "pretrained" / "agdm-mnist")

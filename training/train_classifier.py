@@ -11,10 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from diffusers_agdm import SmallImageClassifier
-from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
-                                     load_training_data, parse_training_args, train_loop)
-from diffusers_agdm.training.augment import random_affine
+from diffusers_agdm.training import (
+    add_data_args,
+    add_hub_args,
+    add_training_args,
+    build_accelerator,
+    dataset_label,
+    load_training_data,
+    parse_training_args,
+    train_loop,
+)
 from diffusers_agdm.training.argtypes import comma_list, finite, int_at_least
+from diffusers_agdm.training.augment import random_affine
 from diffusers_agdm.training.output import save_and_push
 
 

@@ -14,8 +14,16 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline
-from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
-                                     load_training_data, parse_training_args, train_loop)
+from diffusers_agdm.training import (
+    add_data_args,
+    add_hub_args,
+    add_training_args,
+    build_accelerator,
+    dataset_label,
+    load_training_data,
+    parse_training_args,
+    train_loop,
+)
 from diffusers_agdm.training.argtypes import check_group_norm, check_steps_fit, comma_list, finite, int_at_least
 from diffusers_agdm.training.output import save_and_push
 

@@ -13,10 +13,24 @@ import torch
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
 from diffusers_agdm.loading import load_classifier, load_diffusion_source
-from diffusers_agdm.training import (add_data_args, add_hub_args, add_training_args, build_accelerator, dataset_label,
-                                     load_training_data, parse_training_args, train_loop)
-from diffusers_agdm.training.argtypes import (check_group_norm, check_model_source, check_steps_fit, comma_list,
-                                              finite, int_at_least)
+from diffusers_agdm.training import (
+    add_data_args,
+    add_hub_args,
+    add_training_args,
+    build_accelerator,
+    dataset_label,
+    load_training_data,
+    parse_training_args,
+    train_loop,
+)
+from diffusers_agdm.training.argtypes import (
+    check_group_norm,
+    check_model_source,
+    check_steps_fit,
+    comma_list,
+    finite,
+    int_at_least,
+)
 from diffusers_agdm.training.output import save_and_push
 from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
 from diffusers_agdm.utils import sample_size
@@ -87,9 +101,9 @@ def main(argv=None):
     train_data, monitor = load_training_data(args, channels=unet.config.in_channels, size=size, what="the UNet")
     num_classes = train_data.num_classes
     if classifier is not None:
-        from diffusers_agdm.pipelines.pipeline_adversarial_guided_purification import _classifier_num_classes
+        from diffusers_agdm.pipelines.components import classifier_num_classes
 
-        n = _classifier_num_classes(classifier)
+        n = classifier_num_classes(classifier)
         if n is not None and n != num_classes:
             raise ValueError(f"The classifier predicts {n} classes but {train_data.name} has {num_classes}.")
     guidance = GuidanceModel(in_channels=unet.config.in_channels, sample_size=size, num_classes=num_classes,

@@ -11,7 +11,7 @@ whose clean accuracy (all K runs correct) is at least --min_clean (ties: the sma
 pixel scale is chosen the same way at that t*, so the baseline is tuned as carefully as the method. Report the final
 numbers on a different split (e.g. `agdm evaluate --split test`): tuning numbers are optimistic by selection.
 
-    python training/tune_purification.py --pipeline runs/agdm-mnist --dataset mnist --split validation \\
+    python training/tune_purification.py --pipeline runs/agdm-mnist --dataset_name mnist --split validation \\
         --output_dir runs/agdm-mnist-tuned
 """
 
@@ -33,7 +33,8 @@ from diffusers_agdm.data.datasets import is_test_split
 from diffusers_agdm.evaluation import SCORES, EvaluationConfig, evaluate
 from diffusers_agdm.evaluation.seeds import derive_seed
 from diffusers_agdm.loading import load_classifier
-from diffusers_agdm.training.argtypes import check_model_source, check_output_dir, finite, int_at_least
+from diffusers_agdm.training.argtypes import check_model_source, finite, int_at_least
+from diffusers_agdm.utils.paths import check_output_dir
 
 # The attacks a setting can be tuned under: each applies to all three purification defenses.
 TUNING_ATTACKS = ("apgd", "pgd")
@@ -88,9 +89,9 @@ def parse_args(argv=None):
                         help="Show a progress bar over the settings tried (main process only).")
     args = parser.parse_args(argv)
     try:
-        check_output_dir("--output_dir", args.output_dir)
+        check_output_dir(args.output_dir, "--output_dir", create=False)
         if args.work_dir is not None:
-            check_output_dir("--work_dir", args.work_dir)
+            check_output_dir(args.work_dir, "--work_dir", create=False)
             work, out = Path(args.work_dir).resolve(), Path(args.output_dir).resolve()
             if work == out or out in work.parents:
                 raise ValueError(f"--work_dir {args.work_dir} lies inside --output_dir {args.output_dir}, which "

@@ -35,6 +35,7 @@ __all__ = [
     "attack_loss",
     "autoattack",
     "autoattack_rand",
+    "check_budget",
     "checkpoints",
     "default_step_size",
     "eot_gradient",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..utils.validation import check_int
 from .objective import AttackObjective
 from .pgd import ascent_direction, check_budget, project, random_perturbation
 
@@ -90,8 +91,7 @@ def apgd(
     ```
     """
     check_budget(norm, eps, steps, None, eot_samples, loss, restarts)
-    if isinstance(targeted_restarts, bool) or not isinstance(targeted_restarts, int) or targeted_restarts < 0:
-        raise ValueError(f"`targeted_restarts` must be an integer >= 0, got {targeted_restarts!r}.")
+    check_int("targeted_restarts", targeted_restarts, minimum=0)
     if images.ndim < 2 or labels.shape != images.shape[:1]:
         raise ValueError(f"Expected images (B, ...) with labels (B,), got {tuple(images.shape)} and "
                          f"{tuple(labels.shape)}.")

@@ -12,6 +12,7 @@ draws of the defense (not the draws that score the result).
 
 import torch
 
+from ..utils.validation import check_int
 from .apgd import apgd
 from .losses import per_image_loss
 from .pgd import NORMS, check_budget
@@ -63,8 +64,7 @@ def autoattack_rand(
     ```
     """
     check_budget(norm, eps, steps, None, eot_samples)
-    if isinstance(selection_runs, bool) or not isinstance(selection_runs, int) or selection_runs < 1:
-        raise ValueError(f"`selection_runs` must be an integer >= 1, got {selection_runs!r}.")
+    check_int("selection_runs", selection_runs)
     candidates = [apgd(model, images, labels, eps=eps, norm=norm, steps=steps, eot_samples=eot_samples,
                        eot_batch=eot_batch, loss=loss, generator=generator, callback=callback)
                   for loss in ("ce", "dlr")]
@@ -135,8 +135,7 @@ def autoattack(
         raise ValueError(f"AutoAttack '{version}' needs at least {autoattack_min_classes(version)} classes (its DLR "
                          f"losses read the top logits), got {n_classes}.")
     for name, value in (("steps", steps), ("eot_iter", eot_iter), ("square_queries", square_queries)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        check_int(name, value)
     if eps == 0:
         return images.detach().clone()
     if version == "rand":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils.validation import check_finite, check_int
 from .losses import LOSSES, per_image_loss
 
 
@@ -72,10 +73,8 @@ class AttackObjective:
         if loss not in LOSSES:
             raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
         for name, value in (("eot_samples", eot_samples), ("eot_batch", eot_batch or 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-        if not isinstance(guidance_weight, (int, float)) or not 0 <= guidance_weight < float("inf"):
-            raise ValueError(f"`guidance_weight` must be a finite number >= 0, got {guidance_weight!r}.")
+            check_int(name, value)
+        check_finite("guidance_weight", guidance_weight, minimum=0)
         self.model, self.loss, self.eot_samples = model, loss, eot_samples
         self.eot_batch = min(eot_batch or eot_samples, eot_samples)
         self.guidance_weight = float(guidance_weight)

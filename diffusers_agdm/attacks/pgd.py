@@ -11,7 +11,8 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .losses import LOSSES, attack_loss
+from ..utils.validation import check_finite, check_int
+from .losses import LOSSES
 from .objective import AttackObjective
 
 NORMS = ("Linf", "L2")
@@ -22,13 +23,11 @@ def check_budget(norm: str, eps: float, steps: int = 1, step_size: float | None 
     """Raise a `ValueError` naming the problem unless the attack budget makes sense."""
     if norm not in NORMS:
         raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
-    if not isinstance(eps, (int, float)) or eps != eps or eps < 0 or eps == float("inf"):
-        raise ValueError(f"`eps` must be a finite number >= 0, got {eps!r}.")
+    check_finite("eps", eps, minimum=0)
     for name, value in (("steps", steps), ("eot_samples", eot_samples), ("restarts", restarts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    if step_size is not None and (not isinstance(step_size, (int, float)) or not 0 < step_size < float("inf")):
-        raise ValueError(f"`step_size` must be a finite number > 0, got {step_size!r}.")
+        check_int(name, value)
+    if step_size is not None:
+        check_finite("step_size", step_size, minimum=0, inclusive_min=False)
     if loss not in LOSSES:
         raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
 

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils.validation import check_int
+
 
 @dataclass
 class RescoredPredictions:
@@ -76,8 +78,7 @@ def rescore(model, images: torch.Tensor, labels: torch.Tensor, runs: int = 3, se
     (torch.Size([3, 5]), True)
     ```
     """
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"`runs` must be an integer >= 1, got {runs!r}.")
+    check_int("runs", runs)
     if labels.shape != images.shape[:1]:
         raise ValueError(f"Got {images.shape[0]} images but {labels.shape[0]} labels.")
     if hasattr(model, "reseed"):

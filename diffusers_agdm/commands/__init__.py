@@ -77,22 +77,6 @@ def set_num_threads(requested: int | None) -> int:
     return requested
 
 
-def check_output_dir(path, option: str = "--output_dir"):
-    """Create `path` (a folder) and prove it writable, before any work: a bad location must not cost a run."""
-    import tempfile
-    from pathlib import Path
-
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{option} {folder} exists and is not a folder.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as err:
-        raise ValueError(f"{option} {folder} is not a writable folder ({err.strerror or err}).") from err
-    return folder
-
-
 def check_pipeline_source(name_or_path: str | None) -> None:
     """A local `--pipeline` must be a pipeline folder; say so before Diffusers' longer messages."""
     from pathlib import Path

@@ -17,7 +17,6 @@ from . import (
     BaseAgdmCLICommand,
     add_num_threads_argument,
     add_pipeline_argument,
-    check_output_dir,
     check_pipeline_source,
     load_pipeline,
     set_num_threads,
@@ -156,6 +155,7 @@ class EvaluateCommand(BaseAgdmCLICommand):
     def run(self) -> int:
         from ..data import load_labelled_images
         from ..evaluation.runner import SanityCheckError, evaluate, partial_state
+        from ..utils.paths import check_output_dir
 
         args = self.args
         config = config_from_args(args)

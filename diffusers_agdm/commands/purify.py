@@ -9,7 +9,6 @@ from . import (
     BaseAgdmCLICommand,
     add_num_threads_argument,
     add_pipeline_argument,
-    check_output_dir,
     load_pipeline,
     set_num_threads,
 )
@@ -48,6 +47,8 @@ class PurifyCommand(BaseAgdmCLICommand):
 
     def run(self) -> int:
         import torch
+
+        from ..utils.paths import check_output_dir
 
         args = self.args
         files = [Path(p) for p in args.images]

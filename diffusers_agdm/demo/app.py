@@ -142,8 +142,7 @@ def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None, previ
         raise ValueError("The demo needs a pipeline with a classifier: it shows what the classifier answers.")
     pipe.set_progress_bar_config(disable=True)
     names = class_names(pipe)
-    size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
-    size = size if isinstance(size, int) else size[0]
+    size, channels = pipe.sample_size, pipe.unet.config.in_channels
 
     def run(drawn, uploaded, true_label, eps, attack_steps, k, progress=gr.Progress(track_tqdm=True)):
         try:

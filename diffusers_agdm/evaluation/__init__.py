@@ -57,4 +57,5 @@ __all__ = [
     "share_units",
     "unit_cost",
     "wilson_interval",
+    "write_outputs",
 ]

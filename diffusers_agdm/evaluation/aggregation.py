@@ -33,8 +33,8 @@ class Records:
 
     def __init__(self, outputs: list[dict], rescore_runs: int):
         self.k = rescore_runs
-        self.per_job, self.seconds, self.gradient_checks, self.example_chunks = defaultdict(dict), defaultdict(float), \
-            {}, {}
+        self.per_job, self.seconds = defaultdict(dict), defaultdict(float)
+        self.gradient_checks, self.example_chunks = {}, {}
         for out in outputs:
             if "gradient_check" in out:
                 self.gradient_checks[out["gradient_check"]] = out["check"]

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, fields
 
 from ..attacks import LOSSES, check_budget, default_step_size
+from ..utils.validation import check_finite, check_int
 from .defenses import DEFENSES
 
 ATTACKS = ("apgd", "apgd-guidance", "pgd", "bpda", "surrogate", "autoattack-rand", "autoattack-standard")
@@ -30,11 +31,6 @@ CONVERGENCE_AXES = ("steps", "eot", "restarts")
 # Undefended collapse thresholds, calibrated on the embedded default with the strong attack (APGD, margin loss,
 # targeted restarts): L2 2.0 leaves one or two hard digits that only a targeted run moves.
 UNDEFENDED_MAX_ACCURACY = {"Linf": 0.01, "L2": 0.02}
-
-
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
 @dataclass
@@ -134,7 +130,9 @@ class EvaluationConfig:
             raise ValueError(f"Unknown attacks {unknown}; choose from {ATTACKS}.")
         unknown = [d for d in self.defenses if d not in DEFENSES]
         if unknown or not self.defenses:
-            raise ValueError(f"Unknown defenses {unknown}; choose from {DEFENSES}." if unknown else "No defense given.")
+            raise ValueError(
+                f"Unknown defenses {unknown}; choose from {DEFENSES}." if unknown else "No defense given."
+            )
         check_budget(self.norm, self.eps, self.steps, self.step_size, self.eot_samples, self.loss, self.restarts)
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {LOSSES}.")
@@ -144,19 +142,18 @@ class EvaluationConfig:
             check_budget(self.norm, value)
         if not isinstance(self.huge_eps, (int, float)) or not 0 < self.huge_eps <= 1:
             raise ValueError(f"`huge_eps` must be in (0, 1], got {self.huge_eps!r}.")
-        if not isinstance(self.guidance_weight, (int, float)) or not 0 <= self.guidance_weight < float("inf"):
-            raise ValueError(f"`guidance_weight` must be a finite number >= 0, got {self.guidance_weight!r}.")
+        check_finite("guidance_weight", self.guidance_weight, minimum=0)
         tolerance = self.convergence_tolerance
         if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
             raise ValueError(f"`convergence_tolerance` must be in [0, 1), got {tolerance!r}.")
         for name in ("rescore_runs", "batch_size", "autoattack_steps", "autoattack_eot_iter",
                      "autoattack_square_queries"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         for name in ("surrogate_steps", "eot_batch"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name))
+                check_int(name, getattr(self, name))
         for name in ("sanity_images", "num_examples", "targeted_restarts"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(name, getattr(self, name), minimum=0)
         unknown = [a for a in self.convergence_checks if a not in CONVERGENCE_AXES]
         if unknown:
             raise ValueError(f"Unknown convergence checks {unknown}; choose from {CONVERGENCE_AXES}.")

@@ -109,10 +109,10 @@ def defense_specs(
 ) -> list[DefenseSpec]:
     """
     The defenses `names` on one pipeline, sharing t* and the number of reverse steps (the pipeline's config unless
-    given): `"none"` is `guidance="none"`, `"pixel"` is `guidance="pixel"` at `pixel_guidance_scale` (default: the pipeline's
-    `pixel_guidance_scale`, its own tuned value; a pixel distance needs another scale than the latent one), `"latent"` is
-    `guidance="latent"` at `guidance_scale` (default: the pipeline's). Raises a `ValueError` for an unknown name or
-    a setting the pipeline rejects.
+    given): `"none"` is `guidance="none"`, `"pixel"` is `guidance="pixel"` at `pixel_guidance_scale` (default: the
+    pipeline's `pixel_guidance_scale`, its own tuned value; a pixel distance needs another scale than the latent one),
+    `"latent"` is `guidance="latent"` at `guidance_scale` (default: the pipeline's). Raises a `ValueError` for an
+    unknown name or a setting the pipeline rejects.
     """
     unknown = [name for name in names if name not in DEFENSES]
     if unknown or not names:

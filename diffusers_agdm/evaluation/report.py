@@ -128,7 +128,9 @@ def markdown_report(report: dict) -> str:
     run = report["run"]
     parts = [f"# {report['title']}", ""]
     if not report["sanity_passed"]:
-        parts += ["> **SANITY CHECK FAILED: the robust accuracies below cannot be trusted.** See the checks below.", ""]
+        parts += [
+            "> **SANITY CHECK FAILED: the robust accuracies below cannot be trusted.** See the checks below.", ""
+        ]
     parts += _settings_lines(report) + [""]
     for kind in SCORES:
         parts += [f"## Accuracy (%), {SCORE_TITLES[kind].format(k=k)}", "", results_table(report, kind), ""]
@@ -137,7 +139,7 @@ def markdown_report(report: dict) -> str:
               "## Run", "", f"- command: `{run['command']}`",
               f"- {run['num_processes']} process(es) on {run['device']}, wall time {run['wall_time_s']:.1f} s, "
               f"started {run['started_at']}",
-              f"- versions: " + ", ".join(f"{name} {version}" for name, version in run["versions"].items()), ""]
+              "- versions: " + ", ".join(f"{name} {version}" for name, version in run["versions"].items()), ""]
     return "\n".join(parts)
 
 

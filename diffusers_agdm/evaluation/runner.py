@@ -11,7 +11,7 @@ shared between processes and gathered; the numbers equal a one-process run (see 
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..attacks.autoattack import autoattack_min_classes
 from ..data import LabelledImages, check_images_fit
 from ..distributed import needs_cpu_process_group
+from ..utils.paths import check_output_dir
 from .aggregation import Aggregate, Records
 from .checks import sanity_checks
 from .config import ATTACK_TITLES, ATTACKS, EvaluationConfig
@@ -109,23 +110,6 @@ def _merge_examples(chunks: dict, defenses: list[str], attack: str, eps: float, 
     return {"images": first["images"], "labels": first["labels"], "attack": attack, "eps": eps, "norm": norm,
             "defenses": {d: {k: v for k, v in chunks[d].items() if k not in ("images", "labels")}
                          for d in defenses if d in chunks}}
-
-
-def check_output_dir(output_dir) -> Path | None:
-    """Fail before any work if `output_dir` cannot hold the results (an existing file, an unwritable folder)."""
-    if output_dir is None:
-        return None
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output_dir {path} exists and is not a folder.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".agdm-write-test-{time.time_ns()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"Cannot write to the output folder {path}: {err.strerror or err}.") from err
-    return path
 
 
 def _prepare(pipeline, data: LabelledImages, config: EvaluationConfig, state) -> tuple[dict, int]:
@@ -241,7 +225,8 @@ def evaluate(
     >>> from diffusers_agdm.evaluation import EvaluationConfig, evaluate
     >>> pipe = AdversarialGuidedPurificationPipeline.from_pretrained("path/to/pipeline")  # doctest: +SKIP
     >>> data = load_labelled_images("mnist", "test").subset(0, 64)  # doctest: +SKIP
-    >>> result = evaluate(pipe, data, EvaluationConfig(eps=0.3, steps=100), output_dir="outputs/eval")  # doctest: +SKIP
+    >>> config = EvaluationConfig(eps=0.3, steps=100)
+    >>> result = evaluate(pipe, data, config, output_dir="outputs/eval")  # doctest: +SKIP
     >>> result.report["results"]["latent"]["apgd"]["all"]["mean"]  # doctest: +SKIP
     ```
     """
@@ -250,7 +235,7 @@ def evaluate(
     output_path = None
     state = partial_state()
     if state.is_main_process:
-        output_path = check_output_dir(output_dir)
+        output_path = None if output_dir is None else check_output_dir(output_dir)
     specs, num_classes = _prepare(pipeline, data, config, state)
     defenses = list(dict.fromkeys(config.defenses))
     purifying = [d for d in defenses if specs[d].purifies]

@@ -50,8 +50,8 @@ def check_undefended_collapse(accuracy: float, num_images: int, norm: str, eps: 
     vacuous = clean_accuracy is not None and clean_accuracy == 0
     passed = accuracy <= threshold and not vacuous
     clean = "" if clean_accuracy is None else f", clean {100 * clean_accuracy:.1f}%"
-    detail = (f"undefended classifier under {attack} at {norm} eps={eps:g}: {100 * accuracy:.1f}% of {num_images} images "
-              f"(must be <= {100 * threshold:g}%{clean})")
+    detail = (f"undefended classifier under {attack} at {norm} eps={eps:g}: {100 * accuracy:.1f}% of {num_images} "
+              f"images (must be <= {100 * threshold:g}%{clean})")
     if vacuous:
         detail += "; vacuous: the classifier gets no clean image right, so the attack was never tested"
     return SanityCheck(f"undefended falls under attack{'' if seed is None else f' [seed {seed}]'}", passed, detail,

@@ -3,11 +3,10 @@
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (ModelMixin must be visible here for the loader)
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
+from torch import nn
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 # The diffusers loader resolves component classes by looking up `ModelMixin` in the component's module,
 # so these names must be importable from here (Diffusers 0.42's `_get_library_or_raise` / `load_sub_model`).
@@ -11,6 +10,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.utils import BaseOutput
+from torch import nn
 
 
 @dataclass

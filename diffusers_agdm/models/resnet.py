@@ -4,10 +4,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (ModelMixin must be visible here for the loader)
 from diffusers.configuration_utils import register_to_config
+from torch import nn
 
 from .classifier import ImageClassifierOutput
 

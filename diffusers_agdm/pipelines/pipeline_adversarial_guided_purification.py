@@ -8,14 +8,13 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 import torch
-from torch import nn
-
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
 
 from ..guided_step import GUIDANCE_MODES, GuidanceSettings, GuidedReverseStep, replayed_step
 from ..hub import push_pipeline_to_hub
@@ -24,7 +23,9 @@ from ..models.guidance import GuidanceModel
 from ..settings import PurificationSettings
 from ..utils.diffusion import diffuse
 from ..utils.models import sample_size as model_sample_size
-from ..utils.schedule import check_scheduler, is_fixed_stride, scheduler_for
+from ..utils.schedule import is_fixed_stride, scheduler_for
+from .components import COMPONENT_NAMES, check_components, logits_of
+from .inputs import check_image_input
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -69,39 +70,6 @@ class AdversarialGuidedPurificationPipelineOutput(BaseOutput):
 
 
 AdversarialPurificationPipelineOutput = AdversarialGuidedPurificationPipelineOutput  # the name before 0.2
-
-_COMPONENT_NAMES = ("unet", "scheduler", "guidance", "classifier", "feature_extractor")
-
-
-def _classifier_num_classes(classifier) -> int | None:
-    config = getattr(classifier, "config", None)
-    if config is None:
-        return None
-    for key in ("num_classes", "num_labels"):
-        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
-        if value is not None:
-            return int(value)
-    return None
-
-
-def _logits_of(output) -> torch.Tensor:
-    if torch.is_tensor(output):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    return output[0]
-
-
-def _check_weights(name: str, module: nn.Module) -> None:
-    """Uninitialised (meta) or non-finite weights, caught once when a component is set rather than as NaN images."""
-    for param_name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if tensor.is_meta:
-            raise ValueError(f"`{name}` has uninitialised weights ({param_name}): its checkpoint does not match its "
-                             f"class {type(module).__name__}.")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"`{name}` has non-finite weights ({param_name}): its weight file is corrupted; "
-                             "re-download or re-train it.")
-
 
 class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
     r"""
@@ -182,8 +150,8 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
 
     def register_modules(self, **kwargs):
         # Every way of setting a component (constructor, `register_modules`, assignment) is checked before it is set.
-        current = {name: self.__dict__.get(name) for name in _COMPONENT_NAMES}
-        self._check_components({**current, **kwargs}, new=kwargs)
+        current = {name: self.__dict__.get(name) for name in COMPONENT_NAMES}
+        check_components({**current, **kwargs}, new=kwargs)
         self.__dict__["_registering"] = True
         try:
             super().register_modules(**kwargs)
@@ -191,38 +159,10 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             self.__dict__["_registering"] = False
 
     def __setattr__(self, name, value):
-        if name in _COMPONENT_NAMES and not self.__dict__.get("_registering", False):
-            current = {key: self.__dict__.get(key) for key in _COMPONENT_NAMES}
-            self._check_components({**current, name: value}, new={name: value})
+        if name in COMPONENT_NAMES and not self.__dict__.get("_registering", False):
+            current = {key: self.__dict__.get(key) for key in COMPONENT_NAMES}
+            check_components({**current, name: value}, new={name: value})
         super().__setattr__(name, value)
-
-    @staticmethod
-    def _check_components(components: dict, new: dict) -> None:
-        unet, scheduler, guidance, classifier = (components.get(k) for k in _COMPONENT_NAMES[:4])
-        expected = {"unet": UNet2DModel, "guidance": GuidanceModel, "classifier": nn.Module}
-        for name, cls in expected.items():
-            value = components.get(name)
-            if value is not None and not isinstance(value, cls):
-                raise ValueError(f"`{name}` must be a {cls.__name__}, got {type(value).__name__}; check the class "
-                                 f"model_index.json names for `{name}`.")
-        if isinstance(classifier, GuidanceModel):
-            raise ValueError("`classifier` is a GuidanceModel; the downstream classifier takes [0, 1] images only "
-                             "(e.g. a SmallImageClassifier).")
-        if scheduler is not None:
-            check_scheduler(scheduler)
-        if unet is not None and guidance is not None:
-            g, size = guidance.config, model_sample_size(unet)
-            if (g.in_channels, g.sample_size) != (unet.config.in_channels, size):
-                raise ValueError(f"The guidance model sees {g.in_channels}x{g.sample_size}x{g.sample_size} images "
-                                 f"but the UNet works on {unet.config.in_channels}x{size}x{size}.")
-        if classifier is not None and guidance is not None:
-            n_clf, n_guid = _classifier_num_classes(classifier), guidance.config.num_classes
-            if n_clf is not None and n_clf != n_guid:
-                raise ValueError(f"The classifier predicts {n_clf} classes but the guidance model {n_guid}; their "
-                                 "labels must match.")
-        for name, value in new.items():
-            if isinstance(value, nn.Module):
-                _check_weights(name, value)
 
     # ------------------------------------------------------------------ settings and checks
     def resolve_settings(
@@ -324,54 +264,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
                              f"scheduler (DDPMScheduler, DDIMScheduler), not {type(self.scheduler).__name__}.")
 
     def _check_images(self, image) -> int:
-        """Validate images in any accepted form; return the batch size."""
-        if isinstance(image, (list, tuple)):
-            if len(image) == 0:
-                raise ValueError("The image batch is empty.")
-            kinds = {type(item).__name__ if not isinstance(item, PIL.Image.Image) else "PIL.Image" for item in image}
-            if len(kinds) > 1:
-                raise ValueError(f"A list of images must hold one kind of image, got a mix of {sorted(kinds)}.")
-            return sum(self._check_image_item(item, in_list=True) for item in image)
-        return self._check_image_item(image, in_list=False)
-
-    def _check_image_item(self, item, in_list: bool) -> int:
-        channels, size = self.unet.config.in_channels, self.sample_size
-        if isinstance(item, PIL.Image.Image):
-            if item.size != (size, size):
-                raise ValueError(f"The UNet expects {size}x{size} images, got {item.size[0]}x{item.size[1]}.")
-            return 1
-        if isinstance(item, np.ndarray):
-            if not np.issubdtype(item.dtype, np.floating):
-                raise ValueError(f"numpy images must be floating point in [0, 1], got dtype {item.dtype}.")
-            if item.ndim not in (3, 4):
-                raise ValueError(f"numpy images must have shape (batch, height, width, channels) or (height, width, "
-                                 f"channels), got {item.shape}.")
-            batch, (height, width, got_channels) = (1 if item.ndim == 3 else item.shape[0]), item.shape[-3:]
-            values = torch.from_numpy(np.ascontiguousarray(item))
-        elif torch.is_tensor(item):
-            if not item.is_floating_point():
-                raise ValueError(f"Images must be floating point in [0, 1], got dtype {item.dtype}.")
-            if item.ndim not in (3, 4):
-                raise ValueError(f"Images must have shape (batch, channels, height, width) or (channels, height, "
-                                 f"width), got {tuple(item.shape)}.")
-            batch, (got_channels, height, width) = (1 if item.ndim == 3 else item.shape[0]), item.shape[-3:]
-            values = item
-        else:
-            raise ValueError(f"Expected a torch.Tensor, numpy array or PIL image (or a list of them), got "
-                             f"{type(item).__name__}.")
-        if batch == 0:
-            raise ValueError("The image batch is empty.")
-        if got_channels != channels:
-            raise ValueError(f"The UNet expects {channels}-channel images, got {got_channels} channels.")
-        if (height, width) != (size, size):
-            raise ValueError(f"The UNet expects {size}x{size} images, got {height}x{width}.")
-        values = values.detach()
-        if not torch.isfinite(values).all():
-            raise ValueError("Images contain NaN or inf values.")
-        lo, hi = values.min().item(), values.max().item()
-        if lo < 0 or hi > 1:
-            raise ValueError(f"Images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}].")
-        return batch
+        return check_image_input(image, self.unet.config.in_channels, self.sample_size)
 
     def check_images(self, images: torch.Tensor) -> None:
         """Raise a `ValueError` naming the problem unless `images` is a (B, C, H, W) float batch in [0, 1]."""
@@ -379,7 +272,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             raise ValueError(f"Expected a torch.Tensor batch, got {type(images).__name__}.")
         if images.ndim != 4:
             raise ValueError(f"Images must have shape (batch, channels, height, width), got {tuple(images.shape)}.")
-        self._check_image_item(images, in_list=False)
+        check_image_input(images, self.unet.config.in_channels, self.sample_size)
 
     # ------------------------------------------------------------------ schedule
     def get_timesteps(self, strength: float, num_inference_steps: int, device=None) -> torch.Tensor:
@@ -521,7 +414,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
                 mean = torch.tensor(processor.image_mean, device=images.device, dtype=images.dtype)
                 std = torch.tensor(processor.image_std, device=images.device, dtype=images.dtype)
                 pixel_values = (pixel_values - mean[:, None, None]) / std[:, None, None]
-        return _logits_of(self.classifier(pixel_values))
+        return logits_of(self.classifier(pixel_values))
 
     @torch.no_grad()
     def classify(self, image, **kwargs) -> AdversarialGuidedPurificationPipelineOutput:

@@ -10,7 +10,8 @@ from typing import Callable
 from diffusers.optimization import SchedulerType
 
 from ..data.datasets import BUILTIN_DATASETS, is_test_split
-from .argtypes import check_existing_dir, check_output_dir, finite, int_at_least
+from ..utils.paths import check_output_dir
+from .argtypes import check_existing_dir, finite, int_at_least
 from .checkpoints import check_exact_resume, find_checkpoints, resolve_resume
 
 # The built-ins' held-out splits are for evaluation only; no training script may read them, even with
@@ -38,7 +39,7 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None,
 def check_training_args(args: argparse.Namespace) -> None:
     """The checks every training script shares (raise `ValueError`): where the output goes, the data source, and the
     checkpoint to resume from."""
-    check_output_dir("--output_dir", args.output_dir)
+    check_output_dir(args.output_dir, "--output_dir", create=False)
     check_report_to(args.report_to)
     if hasattr(args, "dataset_name"):
         check_data_args(args)

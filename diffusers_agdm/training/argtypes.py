@@ -71,20 +71,6 @@ def comma_list(item=str, *, min_items: int = 1):
     return parse
 
 
-def check_output_dir(flag: str, path: str | os.PathLike) -> None:
-    """Raise a `ValueError` unless `path` is (or can be created as) a writable folder."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is an existing file, not a folder.")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{flag} {path} cannot be created: {existing} is a file.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path} is not writable ({existing} does not allow writing).")
-
-
 def check_existing_dir(flag: str, path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.exists():

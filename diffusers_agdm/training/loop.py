@@ -20,8 +20,16 @@ from tqdm.auto import tqdm
 
 from ..data import LabelledImages
 from ..distributed import needs_cpu_process_group
-from .checkpoints import (RNG_STATE, check_exact_resume, find_checkpoints, load_rng_state, pause_after_model,
-                          resolve_resume, save_checkpoint, saved_step)
+from .checkpoints import (
+    RNG_STATE,
+    check_exact_resume,
+    find_checkpoints,
+    load_rng_state,
+    pause_after_model,
+    resolve_resume,
+    save_checkpoint,
+    saved_step,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 

@@ -68,6 +68,10 @@ def trades_loss(guidance, images01, labels, alphas_cumprod, *, t_max: int, beta:
     return loss, logs
 
 
+def _correct(guidance, noisy, timesteps, labels) -> torch.Tensor:
+    return (guidance(noisy, timesteps).logits.argmax(1) == labels).sum()
+
+
 @torch.no_grad()
 def guidance_accuracy(guidance, images01, labels, alphas_cumprod, *, t_max: int, norm: str, eps: float,
                       step_size: float, steps: int, batch_size: int = 250, seed: int = 0) -> dict:
@@ -81,7 +85,7 @@ def guidance_accuracy(guidance, images01, labels, alphas_cumprod, *, t_max: int,
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
         adv = kl_pgd(guidance, x, noise, timesteps, alphas_cumprod, norm=norm, eps=eps, step_size=step_size,
                      steps=steps)
-        correct_clean += (guidance(diffuse(x, noise, alphas_cumprod, timesteps), timesteps).logits.argmax(1) == y).sum()
-        correct_adv += (guidance(diffuse(adv, noise, alphas_cumprod, timesteps), timesteps).logits.argmax(1) == y).sum()
+        correct_clean += _correct(guidance, diffuse(x, noise, alphas_cumprod, timesteps), timesteps, y)
+        correct_adv += _correct(guidance, diffuse(adv, noise, alphas_cumprod, timesteps), timesteps, y)
     n = images01.shape[0]
     return {"clean_accuracy": float(correct_clean) / n, "adversarial_accuracy": float(correct_adv) / n}
