@@ -164,16 +164,14 @@ def _run_units(runner: UnitRunner, plan: EvaluationPlan, store: ProgressStore, s
     outputs = []
     for unit in units:
         bar.set_postfix_str(unit.job.describe() if unit.job else f"{unit.defense}/gradient check", refresh=True)
+        ticks_done, ticks = bar.n, max(1, unit.job.iterations) if unit.job is not None else 1
         output = store.load(unit)
         if output is not None and wants_examples(unit) and "examples" not in output:
             output = None  # saved by a run that showed no examples: run it again for the grid
         if output is None:
-            output = runner.run(unit, wants_examples(unit), callback=bar.update)
+            output = runner.run(unit, wants_examples(unit), callback=bar.update)  # ticks per attack iteration
             store.save(unit, output)
-            if unit.job is not None and unit.job.iterations == 0 or unit.job is None:
-                bar.update(1)
-        else:
-            bar.update(max(1, unit.job.iterations) if unit.job is not None else 1)
+        bar.update(ticks_done + ticks - bar.n)  # what the unit did not tick itself (resumed, clean, torchattacks)
         outputs.append(output)
     bar.close()
     if state.num_processes > 1:
