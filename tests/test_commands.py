@@ -146,6 +146,9 @@ def test_info_lists_components_config_and_card_numbers(saved, tmp_path, capsys):
     assert set(info["components"]) == {"unet", "scheduler", "guidance", "classifier"}
     assert info["components"]["guidance"]["parameters"] > 0 and info["components"]["unet"]["bytes_on_disk"] > 0
     assert info["purification_defaults"]["guidance_scale"] == 5.0
+    settings = load_pipeline(str(folder)).resolve_settings()
+    assert info["purification_defaults"]["effective_t_star"].startswith(
+        f"{settings.first_timestep} of {settings.num_train_timesteps} (timesteps {settings.timesteps[0]}, ")
     assert any(m["value"] == 0.55 for m in info["card_results"])
     assert main(["info", "--pipeline", str(folder)]) == 0
     text = capsys.readouterr().out

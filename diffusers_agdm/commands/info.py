@@ -71,6 +71,11 @@ def pipeline_info(pipe, folder: Path | None) -> dict:
     info = {"diffusers_agdm_version": __version__, "source": str(folder) if folder else None,
             "purification_defaults": {k: pipe.config[k] for k in PURIFICATION_CONFIG_KEYS if k in pipe.config},
             "components": components, "card_results": None}
+    # The effective t*: the timestep the input is diffused to, and the reverse process's timesteps.
+    settings = pipe.resolve_settings()
+    info["purification_defaults"]["effective_t_star"] = (
+        f"{settings.first_timestep} of {settings.num_train_timesteps} (timesteps "
+        f"{', '.join(map(str, settings.timesteps))})")
     if folder is not None and (folder / "README.md").is_file():
         from huggingface_hub import ModelCard
 
