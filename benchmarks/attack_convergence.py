@@ -140,7 +140,7 @@ def plot(summary: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.4))
+    fig = Figure(figsize=(12, 5.0))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3, sharey=True)
     colors = {"none": "tab:gray", "pixel": "tab:blue", "latent": "tab:red"}
@@ -160,8 +160,9 @@ def plot(summary: dict, path: Path) -> None:
     axes[0].set_ylabel("clean-and-robust accuracy (%)")
     fig.suptitle("Exact-gradient APGD through the whole defense, Linf 0.3 (gradient evaluations = steps x EOT x runs)",
                  fontsize=10)
-    axes[-1].legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=4)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
 
 
