@@ -150,13 +150,11 @@ def _prepare(pipeline, data: LabelledImages, config: EvaluationConfig, state) ->
 def _run_units(runner: UnitRunner, plan: EvaluationPlan, store: ProgressStore, state, config) -> list[dict]:
     """This process's share of the units, each loaded from the store if done before, else run and saved."""
     units = share_units(plan.units(), state.process_index, state.num_processes)
-    example_job = {seed: plan.main_jobs(seed) for seed in config.seeds[:1]}
-    first = example_job[config.seeds[0]]
+    # The example grid shows, per defense, the first images under the first attack that applies to every defense.
+    shown = {plan.job(d, plan.base_attack, config.seeds[0]) for d in plan.scored_defenses}
 
     def wants_examples(unit):
-        return (unit.job is not None and unit.start == 0 and config.num_examples > 0
-                and unit.job == first.get((unit.job.defense, config.attacks[0] if (unit.job.defense, config.attacks[0])
-                                           in first else plan.base_attack)))
+        return config.num_examples > 0 and unit.start == 0 and unit.job in shown
 
     total = sum(max(1, u.job.iterations) if u.job is not None else 1 for u in units)
     bar = tqdm(total=total, desc="agdm evaluate", unit="it",
@@ -263,7 +261,7 @@ def evaluate(
                 "device": str(state.device), "versions": _package_versions(), "seconds_per_job": aggregate.timing(),
                 "fingerprint": key},
     }
-    examples = _merge_examples(records.example_chunks, defenses, config.attacks[0], config.eps, config.norm)
+    examples = _merge_examples(records.example_chunks, defenses, plan.base_attack, config.eps, config.norm)
     result = EvaluationResult(report=report, sanity_checks=checks, examples=examples, output_dir=output_path)
 
     if state.is_main_process:
