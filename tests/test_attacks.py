@@ -387,6 +387,8 @@ def test_apgd_is_reproducible_and_eot_draws_can_share_a_batch():
                  generator=torch.Generator().manual_seed(2)) for batch in (1, 1, 2)]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
     assert runs[2].shape == x.shape and (runs[2] - x).abs().max() <= 0.1 + 1e-6
+    with pytest.raises(ValueError, match="eot_batch"):
+        apgd(NoisyLinear(), x, y, eps=0.1, steps=1, eot_batch=0)
 
 
 # ---------------------------------------------------------------------------------------------------- guidance target

@@ -72,8 +72,9 @@ class AttackObjective:
                  guidance_weight: float = 0.0):
         if loss not in LOSSES:
             raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
-        for name, value in (("eot_samples", eot_samples), ("eot_batch", eot_batch or 1)):
-            check_int(name, value)
+        check_int("eot_samples", eot_samples)
+        if eot_batch is not None:  # None: every draw in one call
+            check_int("eot_batch", eot_batch)
         check_finite("guidance_weight", guidance_weight, minimum=0)
         self.model, self.loss, self.eot_samples = model, loss, eot_samples
         self.eot_batch = min(eot_batch or eot_samples, eot_samples)
