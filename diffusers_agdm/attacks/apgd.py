@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..utils.validation import check_int
 from .objective import AttackObjective
-from .pgd import ascent_direction, check_budget, project, random_perturbation
+from .pgd import ascent_direction, check_batch, check_budget, project, random_perturbation
 
 MOMENTUM = 0.75  # alpha of the paper: weight of the new step against the previous move
 OSCILLATION_RHO = 0.75  # a checkpoint halves the step if fewer than rho x (checkpoint interval) steps improved
@@ -92,9 +92,7 @@ def apgd(
     """
     check_budget(norm, eps, steps, None, eot_samples, loss, restarts)
     check_int("targeted_restarts", targeted_restarts, minimum=0)
-    if images.ndim < 2 or labels.shape != images.shape[:1]:
-        raise ValueError(f"Expected images (B, ...) with labels (B,), got {tuple(images.shape)} and "
-                         f"{tuple(labels.shape)}.")
+    check_batch(images, labels)
     total = steps * (restarts + targeted_restarts)
     bad = [r for r in record_at if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= total]
     if bad:

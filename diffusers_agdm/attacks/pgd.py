@@ -32,6 +32,13 @@ def check_budget(norm: str, eps: float, steps: int = 1, step_size: float | None 
         raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
 
 
+def check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Raise a `ValueError` unless `images` is a batch (B, ...) with one label each."""
+    if images.ndim < 2 or labels.shape != images.shape[:1]:
+        raise ValueError(f"Expected images (B, ...) with labels (B,), got {tuple(images.shape)} and "
+                         f"{tuple(labels.shape)}.")
+
+
 def default_step_size(eps: float, steps: int) -> float:
     """Madry et al.'s rule, 2.5 * eps / steps: enough to cross the whole ball and come back within the budget."""
     return 2.5 * eps / steps
@@ -153,9 +160,7 @@ def pgd(
     ```
     """
     check_budget(norm, eps, steps, step_size, eot_samples, loss)
-    if images.ndim < 2 or labels.shape != images.shape[:1]:
-        raise ValueError(f"Expected images (B, ...) with labels (B,), got {tuple(images.shape)} and "
-                         f"{tuple(labels.shape)}.")
+    check_batch(images, labels)
     images = images.detach()
     if eps == 0:
         return images.clone()
