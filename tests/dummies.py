@@ -13,22 +13,22 @@ from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel,
 SIZE, CHANNELS, CLASSES = 8, 1, 4
 
 
-def dummy_unet(prediction_type_channels: int = CHANNELS) -> UNet2DModel:
+def dummy_unet(prediction_type_channels: int = CHANNELS, size: int = SIZE) -> UNet2DModel:
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=SIZE, in_channels=prediction_type_channels, out_channels=prediction_type_channels,
+    return UNet2DModel(sample_size=size, in_channels=prediction_type_channels, out_channels=prediction_type_channels,
                        block_out_channels=(4, 8), norm_num_groups=4, layers_per_block=1,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
 
 
-def dummy_guidance(num_classes: int = CLASSES, channels: int = CHANNELS) -> GuidanceModel:
+def dummy_guidance(num_classes: int = CLASSES, channels: int = CHANNELS, size: int = SIZE) -> GuidanceModel:
     torch.manual_seed(1)
-    return GuidanceModel(in_channels=channels, sample_size=SIZE, num_classes=num_classes, block_out_channels=(4, 8),
+    return GuidanceModel(in_channels=channels, sample_size=size, num_classes=num_classes, block_out_channels=(4, 8),
                          feature_dim=8, norm_num_groups=4)
 
 
-def dummy_classifier(num_classes: int = CLASSES, channels: int = CHANNELS) -> SmallImageClassifier:
+def dummy_classifier(num_classes: int = CLASSES, channels: int = CHANNELS, size: int = SIZE) -> SmallImageClassifier:
     torch.manual_seed(2)
-    return SmallImageClassifier(in_channels=channels, sample_size=SIZE, num_classes=num_classes,
+    return SmallImageClassifier(in_channels=channels, sample_size=size, num_classes=num_classes,
                                 block_out_channels=(4,), hidden_dim=8)
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import DDIMScheduler
 
-from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel, SmallImageClassifier
+from diffusers_agdm import AdversarialGuidedPurificationPipeline
 from diffusers_agdm.evaluation import EvaluationConfig
 from diffusers_agdm.evaluation.execution import UnitRunner
 from diffusers_agdm.evaluation.report import format_accuracy
+from dummies import dummy_classifier, dummy_guidance, dummy_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -44,14 +44,7 @@ def _committed_state() -> dict:
 @pytest.fixture(scope="module")
 def mnist_pipeline(tmp_path_factory):
     """A pipeline the MNIST benchmarks accept: 28x28 grey images, 10 classes, a 100-step schedule, t* = 30."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(4, 8), norm_num_groups=4,
-                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
-    guidance = GuidanceModel(in_channels=1, sample_size=28, num_classes=10, block_out_channels=(4, 8), feature_dim=8,
-                             norm_num_groups=4)
-    classifier = SmallImageClassifier(in_channels=1, sample_size=28, num_classes=10, block_out_channels=(4,),
-                                      hidden_dim=8)
+    unet, guidance, classifier = dummy_unet(size=28), dummy_guidance(10, size=28), dummy_classifier(10, size=28)
     pipe = AdversarialGuidedPurificationPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100),
                                                  guidance=guidance, classifier=classifier, strength=0.3,
                                                  num_inference_steps=2, guidance_scale=5.0)

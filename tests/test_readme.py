@@ -85,16 +85,12 @@ def test_readme_python_example_keeps_the_digits_in_every_mode(digits, fake_hub):
 
 
 def _cifar_shaped_pipeline(folder: Path) -> None:
-    from diffusers import DDIMScheduler, UNet2DModel
+    from diffusers import DDIMScheduler
 
-    from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
+    from diffusers_agdm import AdversarialGuidedPurificationPipeline
+    from dummies import dummy_guidance, dummy_unet
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8), norm_num_groups=4,
-                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
-    guidance = GuidanceModel(in_channels=3, sample_size=32, num_classes=10, block_out_channels=(4, 8), feature_dim=8,
-                             norm_num_groups=4)
+    unet, guidance = dummy_unet(3, size=32), dummy_guidance(10, channels=3, size=32)
     AdversarialGuidedPurificationPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100),
                                           guidance=guidance).save_pretrained(folder)
 
