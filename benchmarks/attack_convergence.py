@@ -16,7 +16,6 @@ finishes, so an interrupted run resumes where it stopped; `--summarize` writes t
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, load, machine  # noqa: E402
+from common import RESULTS_DIR, atomic_write_json, load, machine  # noqa: E402
 from diffusers_agdm.attacks import apgd, rescore  # noqa: E402
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 from diffusers_agdm.evaluation.seeds import derive_seed  # noqa: E402
@@ -97,9 +96,7 @@ def run_unit(pipe, data, args, defense: str, start: int) -> dict:
 
 def write_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    atomic_write_json(path, payload, indent=None)
 
 
 def robust_fractions(units: list[dict], key: str) -> dict:

@@ -1,6 +1,5 @@
 """What every benchmark shares: the machine description, the pipeline, and writing results/<name>.json."""
 
-import json
 import os
 import platform
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from diffusers_agdm.evaluation.report import markdown_table  # noqa: F401  (re-exported for the scripts)
+from diffusers_agdm.utils.io import atomic_write_json, markdown_table  # noqa: F401  (re-exported for the scripts)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -43,8 +42,6 @@ def write_results(name: str, settings: dict, numbers, started: float, results_di
     payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                "diffusers_agdm_version": diffusers_agdm.__version__, "machine": machine(), "settings": settings,
                "wall_time_s": round(time.time() - started, 1), "results": numbers}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, payload)
     print(f"\nwrote {path}")
     return path

@@ -6,13 +6,13 @@ always agree. Nothing is measured here: every number is read from the JSON files
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, markdown_table  # noqa: E402
 from diffusers_agdm.evaluation.report import format_accuracy  # noqa: E402
+from diffusers_agdm.utils.io import atomic_write_text  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
 SCORE_HEADERS = {"all": "all {k}", "majority": "majority of {k}", "single": "one run"}
@@ -21,12 +21,6 @@ SCORE_HEADERS = {"all": "all {k}", "majority": "majority of {k}", "single": "one
 def _load(results_dir: Path, name: str):
     path = Path(results_dir) / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _table_runs(r) -> list[tuple[str, dict, list[str]]]:
@@ -275,7 +269,7 @@ def update_readme(loaded, readme: Path = README) -> None:
         return
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    _write_atomic(readme, f"{head}{README_START}\n{table_text}\n{README_END}{tail}")
+    atomic_write_text(readme, f"{head}{README_START}\n{table_text}\n{README_END}{tail}")
     print(f"updated the robustness table in {readme}")
 
 
@@ -299,7 +293,7 @@ def main(argv=None):
     extra = Path(__file__).resolve().parent / "NOTES.md"
     if extra.is_file():
         parts += [extra.read_text()]
-    _write_atomic(args.output, "\n".join(parts))
+    atomic_write_text(args.output, "\n".join(parts))
     print(f"wrote {args.output}")
     if args.readme.is_file() and (loaded["attack_convergence"] or loaded["robustness_table"]):
         update_readme(loaded, args.readme)

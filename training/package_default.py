@@ -14,9 +14,10 @@ from pathlib import Path
 
 from diffusers_agdm.evaluation import SCORES
 from diffusers_agdm.evaluation.config import SCORE_TITLES
-from diffusers_agdm.evaluation.report import markdown_table, results_table
+from diffusers_agdm.evaluation.report import results_table
 from diffusers_agdm.hub import make_model_card
 from diffusers_agdm.pretrained import DEFAULT_PIPELINE_NAME
+from diffusers_agdm.utils.io import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "diffusers_agdm" / "pretrained" / DEFAULT_PIPELINE_NAME

@@ -16,8 +16,6 @@ numbers on a different split (e.g. `agdm evaluate --split test`): tuning numbers
 """
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from diffusers_agdm.evaluation import SCORES, EvaluationConfig, evaluate
 from diffusers_agdm.evaluation.seeds import derive_seed
 from diffusers_agdm.loading import load_classifier
 from diffusers_agdm.training.argtypes import check_model_source, finite, int_at_least
+from diffusers_agdm.utils.io import atomic_write_json
 from diffusers_agdm.utils.paths import check_output_dir
 
 # The attacks a setting can be tuned under: each applies to all three purification defenses.
@@ -208,9 +207,7 @@ def main(argv=None):
                "rule": f"robust = clean-correct and adversarially correct; chosen by robust accuracy correct in all "
                        f"K = {args.rescore_runs} runs among settings with clean accuracy (all K) >= {args.min_clean}",
                "wall_time_s": time.time() - started}
-    tmp = out / ".tuning.json.tmp"  # atomic: a crash never leaves a half-written tuning.json beside the pipeline
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "tuning.json")
+    atomic_write_json(out / "tuning.json", summary)  # a crash never leaves a half-written tuning.json
     print(f"\nchosen: t* = {latent['strength']}, latent scale {latent['scale']:g} "
           f"(clean {100 * latent['clean_accuracy']:.1f}%, robust {100 * latent['robust_accuracy']:.1f}%); pixel "
           f"scale {pixel['scale'] if pixel else 'none eligible'}; saved to {out}")

@@ -1,22 +1,15 @@
 """Reports a person can read: `results.json` (everything), `results.md` (tables and sanity checks), the plots."""
 
 import json
-import os
 from pathlib import Path
 
+from ..utils.io import atomic_write_text, markdown_table
 from .config import ATTACK_TITLES, SCORE_TITLES, SCORES
 from .plots import plot_accuracy_vs_eps, plot_examples_grid
 from .sanity import SanityCheck, format_sanity_block
 
 ROBUST_RULE = ("An image counts as robust only if the defense classifies it correctly both clean and attacked; "
                "clean accuracy uses the same score. K = {k} fresh defense runs per image.")
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    """A markdown table; cells are formatted with `str`."""
-    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def format_accuracy(stat: dict | None) -> str:
@@ -157,18 +150,12 @@ def text_summary(result, color: bool = False) -> str:
     return "\n".join(parts)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(result, output_dir) -> None:
     """Write `results.json`, `results.md`, `robust_accuracy_vs_eps.png` and `examples_grid.png` to `output_dir`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / "results.json", json.dumps(result.report, indent=2) + "\n")
-    _write_atomic(output_dir / "results.md", markdown_report(result.report))
+    atomic_write_text(output_dir / "results.json", json.dumps(result.report, indent=2) + "\n")
+    atomic_write_text(output_dir / "results.md", markdown_report(result.report))
     plot_accuracy_vs_eps(result.report, output_dir / "robust_accuracy_vs_eps.png")
     if result.examples is not None:
         plot_examples_grid(result.examples, output_dir / "examples_grid.png", result.report)

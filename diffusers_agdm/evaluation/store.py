@@ -8,12 +8,12 @@ half unit behind.
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
+from ..utils.io import atomic_write_json
 from .planning import Job, Unit
 
 # Settings that change how a run is shown or tolerated, not what it computes.
@@ -82,6 +82,4 @@ class ProgressStore:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(unit)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_encode(output)))
-        os.replace(tmp, path)
+        atomic_write_json(path, _encode(output), indent=None)

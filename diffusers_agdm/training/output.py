@@ -5,8 +5,8 @@ import os
 import shlex
 from pathlib import Path
 
-from ..evaluation.report import markdown_table
 from ..hub import make_model_card, push_folder_to_hub
+from ..utils.io import atomic_write_text, markdown_table
 
 
 def training_command(accelerator, args) -> str:
@@ -50,20 +50,10 @@ def save_and_push(accelerator, args, obj, result, wall_time_s: float, *, descrip
     card = make_model_card(obj, repo_id, description=description, dataset=dataset, base_model=base_model,
                            training=training_markdown(training_command(accelerator, args), args, result, wall_time_s,
                                                       extra))
-    _write_atomically(os.path.join(args.output_dir, "README.md"), str(card))
-    _write_atomically(os.path.join(args.output_dir, "training_metrics.json"), json.dumps(
+    atomic_write_text(os.path.join(args.output_dir, "README.md"), str(card))
+    atomic_write_text(os.path.join(args.output_dir, "training_metrics.json"), json.dumps(
         {"global_step": result.global_step, "final": result.metrics, "history": result.history,
          "wall_time_s": wall_time_s, "command": training_command(accelerator, args), "seed": args.seed}, indent=2))
     if args.push_to_hub:
         push_folder_to_hub(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo or None,
                            commit_message=f"Upload {type(obj).__name__} trained with diffusers-agdm")
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """A reader (or a process killed mid-write) sees the old file or the new one, never half of one."""
-    tmp = f"{path}.partial"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
