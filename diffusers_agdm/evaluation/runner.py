@@ -31,7 +31,7 @@ from .planning import EvaluationPlan, share_units
 from .report import settings_summary, text_summary, write_outputs
 from .sanity import SanityCheck, format_sanity_block
 from .seeds import derive_seed
-from .store import ProgressStore, fingerprint
+from .store import ProgressStore, fingerprint_key, fingerprint_parts
 
 
 @dataclass
@@ -237,8 +237,10 @@ def evaluate(
     purifying = [d for d in defenses if specs[d].purifies]
     plan = EvaluationPlan(config, len(data), purifying)
     described = {d: specs[d].describe(pipeline) for d in defenses}
-    key = fingerprint(config, pipeline, data, described)
-    store = ProgressStore(output_dir, key, read=resume)
+    parts = fingerprint_parts(config, pipeline, data, described)
+    key = fingerprint_key(parts)
+    store = ProgressStore(output_dir, key, read=resume, parts=parts,
+                          announce=print if state.is_main_process else lambda _: None)
     runner = UnitRunner(pipeline, data, config, specs, state.device, num_classes)
 
     records = Records(_run_units(runner, plan, store, state, config), config.rescore_runs)
