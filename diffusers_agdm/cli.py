@@ -15,7 +15,16 @@ import importlib
 import sys
 
 from . import __version__
-from .commands import COMMANDS, EXIT_BAD_INPUT, EXIT_OK, EXIT_SANITY_FAILED  # noqa: F401  (the exit codes' home)
+from .commands import COMMANDS
+from .exits import (  # noqa: F401  (the exit codes, importable from here too)
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SANITY_FAILED,
+    EXIT_UNEXPECTED,
+    Interrupted,
+    exit_status,
+)
 
 
 def command_class(name: str):
@@ -55,8 +64,8 @@ def build_parser(full: str | tuple[str, ...] | None = None) -> argparse.Argument
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `agdm` console script; returns the exit status (0 ok, 1 sanity check failed, 2 bad
-    input)."""
+    """Entry point of the `agdm` console script; returns the exit status of the contract in `exits.py` (0 ok, 1 a
+    sanity check failed, 2 bad input or environment, 3 a bug, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     parser = build_parser(full=chosen if chosen in COMMANDS else ())
@@ -64,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     command = args.func(args, argv)
     try:
         return command.run()
-    except (ValueError, OSError, ModuleNotFoundError) as err:
-        # Every anticipated failure (bad input, unreadable or unwritable files, an offline Hub, a missing optional
-        # dependency) is one line and exit 2; exit 1 means only "a sanity check failed".
-        print(f"agdm {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except Exception as err:  # noqa: BLE001 -- anticipated: one line, exit 2; a bug: its traceback, exit 3
+        return exit_status(err, f"agdm {args.command}")
+    except KeyboardInterrupt as err:
+        if not isinstance(err, Interrupted) and args.command == "evaluate" and getattr(args, "output_dir", None):
+            err = Interrupted(f"every finished unit in {args.output_dir}/progress; the same command resumes there")
+        return exit_status(err, f"agdm {args.command}")
 
 
 if __name__ == "__main__":

@@ -113,4 +113,8 @@ def _pipeline(args, unet, noise_scheduler):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from diffusers_agdm.exits import run_main
+
+    sys.exit(run_main(main, "train_diffusion.py"))  # 0 done, 2 bad input or environment, 3 a bug, 130 interrupted

@@ -166,4 +166,8 @@ def _check_purification_defaults(pipe, strength, num_inference_steps) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from diffusers_agdm.exits import run_main
+
+    sys.exit(run_main(main, "train_guidance.py"))  # 0 done, 2 bad input or environment, 3 a bug, 130 interrupted

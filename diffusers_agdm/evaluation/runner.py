@@ -240,10 +240,14 @@ def evaluate(
     parts = fingerprint_parts(config, pipeline, data, described)
     key = fingerprint_key(parts)
     store = ProgressStore(output_dir, key, read=resume, parts=parts,
-                          announce=print if state.is_main_process else lambda _: None)
+                          announce=print if state.is_main_process else lambda _: None, lock=state.is_main_process)
     runner = UnitRunner(pipeline, data, config, specs, state.device, num_classes)
 
-    records = Records(_run_units(runner, plan, store, state, config), config.rescore_runs)
+    try:
+        outputs = _run_units(runner, plan, store, state, config)
+    finally:
+        store.release()
+    records = Records(outputs, config.rescore_runs)
     aggregate = Aggregate(plan, records, data.labels.tolist())
     checks = sanity_checks(aggregate, num_classes)
     report = {

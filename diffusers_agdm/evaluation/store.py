@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..utils.io import atomic_write_json
+from ..utils.lock import FolderLock
 from .planning import Job, Unit
 
 # Settings that change how a run is shown or tolerated, not what it computes.
@@ -131,16 +132,23 @@ class ProgressStore:
     earlier units are ignored (recomputed) but new ones are still saved, so that run can be resumed in turn.
 
     With `parts` (`fingerprint_parts`), they are kept next to the units, and an earlier evaluation's progress in the
-    same `root` that is not reused is announced with what changed."""
+    same `root` that is not reused is announced with what changed. With `lock`, `root` is locked against a second
+    evaluation (`FolderLock`) until `release()` or the store's end."""
 
     def __init__(self, root: str | Path | None, key: str, read: bool = True, parts: dict | None = None,
-                 announce=None):
+                 announce=None, lock: bool = False):
         self.folder = None if root is None else Path(root) / "progress" / key
+        # One evaluation per folder (the main process of a launch holds it for all its ranks) while the store lives.
+        self.lock = FolderLock(root, "evaluation") if lock and root is not None else None
         self.read = read
         self.parts = parts
         self.announce = announce or (lambda message: print(message, file=sys.stderr))
         if self.folder is not None and read and parts is not None and not self.folder.is_dir():
             self._explain_new_fingerprint()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def _explain_new_fingerprint(self) -> None:
         earlier = [p for p in self.folder.parent.iterdir() if p.is_dir()] if self.folder.parent.is_dir() else []

@@ -12,7 +12,7 @@ from diffusers.optimization import SchedulerType
 from ..data.datasets import BUILTIN_DATASETS, is_test_split
 from ..utils.paths import check_output_dir
 from .argtypes import check_existing_dir, finite, int_at_least
-from .checkpoints import check_exact_resume, find_checkpoints, resolve_resume
+from .checkpoints import check_exact_resume, check_same_run, find_checkpoints, resolve_resume
 
 # The built-ins' held-out splits are for evaluation only; no training script may read them, even with
 # --allow_test_split (this project's own reported numbers are measured on them).
@@ -52,6 +52,8 @@ def check_training_args(args: argparse.Namespace) -> None:
         checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir, announce=lambda _: None)
         if checkpoint is not None and not args.allow_inexact_resume:  # (with it, the loop warns when it resumes)
             check_exact_resume(checkpoint, int(os.environ.get("WORLD_SIZE", "1")), allow_inexact=False)
+        if checkpoint is not None:
+            check_same_run(checkpoint, args)
 
 
 def check_report_to(report_to: str) -> None:
@@ -138,6 +140,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
                    help="Resume even when a checkpoint's RNG states are missing or unreadable (or the number of "
                         "processes changed); the run then continues with a loud warning that it is no longer exact. "
                         "Without it, that is an error.")
+    g.add_argument("--allow_changed_args", action="store_true",
+                   help="Resume with settings that change what is trained (learning rate or schedule, seed, batch "
+                        "size, loss weights, ...): the new values apply from the checkpoint on and the change is "
+                        "recorded in the model card. Without it, such a resume is an error naming the flags.")
     g.add_argument("--overwrite_output_dir", action="store_true",
                    help="Start a new run in an --output_dir that holds checkpoints of an earlier one, deleting them "
                         "(refused otherwise, so that forgetting --resume_from_checkpoint never loses a run).")

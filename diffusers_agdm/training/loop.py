@@ -6,7 +6,11 @@ import argparse
 import math
 import os
 import shutil
+import signal
+import threading
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import torch
@@ -20,13 +24,18 @@ from tqdm.auto import tqdm
 
 from ..data import LabelledImages
 from ..distributed import needs_cpu_process_group
+from ..exits import Interrupted
+from ..utils.lock import FolderLock
 from .checkpoints import (
     RNG_STATE,
     check_exact_resume,
+    check_same_run,
     find_checkpoints,
     load_rng_state,
     pause_after_model,
+    read_run,
     resolve_resume,
+    run_settings,
     save_checkpoint,
     saved_step,
 )
@@ -43,6 +52,26 @@ class TrainingResult:
     metrics: dict = field(default_factory=dict)  # the last evaluation's numbers
     history: list = field(default_factory=list)  # every evaluation, with its step
     finished: bool = True  # False when --stop_after_steps ended this invocation early
+    invocations: list = field(default_factory=list)  # every invocation of the run: its steps, changes, wall time
+
+
+# The output folders this process holds locked (one training per folder; see `lock_output_dir`).
+_LOCKS: dict[str, FolderLock] = {}
+
+
+def lock_output_dir(output_dir) -> None:
+    """Hold `<output_dir>/.lock` until `release_output_dir` or the process ends: a second training into the same
+    folder is a one-line error instead of two runs overwriting each other's checkpoints. Re-entrant within a process;
+    a crash or SIGKILL releases it (flock)."""
+    key = os.path.realpath(output_dir)
+    if key not in _LOCKS:
+        _LOCKS[key] = FolderLock(output_dir, "training")
+
+
+def release_output_dir(output_dir) -> None:
+    lock = _LOCKS.pop(os.path.realpath(output_dir), None)
+    if lock is not None:
+        lock.release()
 
 
 def build_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -58,6 +87,8 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
         # Shuffling seeded by (seed, epoch), so a resumed run sees the batches the uninterrupted one would.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if accelerator.is_main_process:
+        lock_output_dir(args.output_dir)
     set_seed(args.seed)
     return accelerator
 
@@ -128,7 +159,20 @@ def train_loop(
     `eval_fn(model) -> metrics` runs every `--eval_steps` (and at the end) on the EMA weights, and `image_fn(model)`
     every `--image_log_steps`; both run with the RNG forked, so monitoring never changes what is trained. Checkpoints
     go to `<output_dir>/checkpoint-<step>`; `--resume_from_checkpoint latest` continues exactly where one left off.
+    Ctrl-C or SIGTERM saves a checkpoint at the end of the current step, then raises `exits.Interrupted`.
     """
+    try:
+        with _StopOnSignal() as stop:
+            return _train_loop(accelerator, args, model, train_data, loss_fn, stop, model_name=model_name,
+                               project_name=project_name, eval_fn=eval_fn, image_fn=image_fn)
+    except BaseException:
+        release_output_dir(args.output_dir)
+        raise
+
+
+def _train_loop(accelerator, args, model, train_data, loss_fn, stop, *, model_name, project_name, eval_fn,
+                image_fn) -> TrainingResult:
+    began = time.perf_counter()
     model_cls = type(model)
     ema = None
     if args.use_ema:
@@ -172,16 +216,40 @@ def train_loop(
     accelerator.wait_for_everyone()
     if args.resume_from_checkpoint and checkpoint is None:
         accelerator.print(f"No complete checkpoint in {args.output_dir}; starting a new run.")
+    changes, previous = {}, []
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
         allow_inexact = getattr(args, "allow_inexact_resume", False)
         exact = check_exact_resume(checkpoint, accelerator.num_processes, allow_inexact, warn=accelerator.print)
-        accelerator.load_state(str(checkpoint))
+        changes = check_same_run(checkpoint, args)
+        try:
+            accelerator.load_state(str(checkpoint))
+        except (RuntimeError, KeyError, OSError) as err:  # e.g. weights of another architecture
+            raise ValueError(f"{checkpoint} does not fit this run's model or optimizer: "
+                             f"{' '.join(str(err).split())[:300]}") from err
         if exact:
             _check_rng_restored(checkpoint, accelerator.process_index)
+        if changes:
+            _apply_changed_settings(args, changes, optimizer, lr_scheduler, ema)
+            accelerator.print("Resuming with changed settings (--allow_changed_args): " + ", ".join(
+                f"{flag} {old!r} -> {new!r}" for flag, (old, new) in changes.items()))
         global_step = saved_step(checkpoint)
         first_epoch = global_step // steps_per_epoch
         resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        previous = [i for i in read_run(checkpoint).get("invocations", []) if isinstance(i, dict)]
+    invocation = {"argv": list(getattr(args, "argv", [])), "num_processes": accelerator.num_processes,
+                  "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "from_step": global_step, "to_step": global_step, "wall_time_s": 0.0,
+                  "changed": {flag: [old, new] for flag, (old, new) in changes.items()}}
+    invocations = previous + [invocation]
+
+    def run_record(step: int) -> dict:
+        invocation.update(to_step=step, wall_time_s=round(time.perf_counter() - began, 3))
+        return {"args": run_settings(args), "invocations": invocations}
+
+    def save(step: int) -> None:
+        _check_finite_state(accelerator, model, ema, step, args.output_dir)
+        save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit, run=run_record(step))
 
     logger.info(f"***** Training {model_name} *****  images: {len(dataset)}  epochs: {num_epochs}  "
                 f"batch per process: {args.train_batch_size}  processes: {accelerator.num_processes}  "
@@ -221,7 +289,7 @@ def train_loop(
         for images, labels in batches:
             with accelerator.accumulate(model):
                 loss, logs = loss_fn(model, images, labels)
-                _check_finite_loss(accelerator, loss, global_step + 1, args)
+                stop.requested = _check_finite_loss(accelerator, loss, global_step + 1, args, stop.requested)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -241,15 +309,20 @@ def train_loop(
             if global_step % args.log_steps == 0:
                 accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=global_step)
             stopping = args.stop_after_steps is not None and global_step >= args.stop_after_steps
-            if global_step % args.checkpointing_steps == 0 or stopping:
-                _save_checkpoint(accelerator, args, global_step)
+            if global_step % args.checkpointing_steps == 0 or stopping or stop.requested:
+                save(global_step)
+            if stop.requested:
+                progress.close()
+                accelerator.end_training()
+                raise Interrupted(f"{os.path.join(args.output_dir, f'checkpoint-{global_step}')} (step "
+                                  f"{global_step}); continue with --resume_from_checkpoint latest")
             if stopping and global_step < args.max_train_steps:
                 accelerator.print(f"Stopping at step {global_step} (--stop_after_steps); resume with "
                                   "--resume_from_checkpoint latest.")
                 progress.close()
                 accelerator.end_training()
                 return TrainingResult(model=accelerator.unwrap_model(model), global_step=global_step,
-                                      metrics=metrics, history=history, finished=False)
+                                      metrics=metrics, history=history, finished=False, invocations=invocations)
             if args.eval_steps and global_step % args.eval_steps == 0 and global_step < args.max_train_steps:
                 evaluate(global_step)
             if image_fn is not None and args.image_log_steps and global_step % args.image_log_steps == 0 \
@@ -270,21 +343,87 @@ def train_loop(
         with torch.random.fork_rng(devices=[]):
             log_image_grid(accelerator, "samples", image_fn(unwrapped), global_step)
     accelerator.end_training()
-    return TrainingResult(model=unwrapped, global_step=global_step, metrics=metrics, history=history)
+    run_record(global_step)
+    return TrainingResult(model=unwrapped, global_step=global_step, metrics=metrics, history=history,
+                          invocations=invocations)
 
 
-def _save_checkpoint(accelerator, args, step: int) -> None:
-    save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
+class _StopOnSignal:
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM only asks the loop to stop after the current step (it saves
+    a checkpoint first); a second Ctrl-C interrupts at once. Signals are only handled in the main thread."""
+
+    def __init__(self):
+        self.requested, self._previous = False, {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping (Ctrl-C "
+              "again to stop at once, without saving).", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
-def _check_finite_loss(accelerator, loss: torch.Tensor, step: int, args) -> None:
+def _check_finite_loss(accelerator, loss: torch.Tensor, step: int, args, stop_requested: bool = False) -> bool:
     """Stop at the first non-finite loss instead of training NaN weights for hours. Every process sees every
-    process's loss, so all of them stop together."""
-    losses = accelerator.gather(loss.detach().float().reshape(1))
+    process's loss (and whether any was asked to stop, which is returned), so all of them stop together."""
+    gathered = accelerator.gather(torch.stack([loss.detach().float().reshape(()),
+                                               torch.tensor(float(stop_requested), device=loss.device)]).reshape(1, 2))
+    losses = gathered[:, 0]
     if not torch.isfinite(losses).all():
-        raise ValueError(f"The training loss is {losses.tolist()} at step {step}: training diverged. Lower "
-                         f"--learning_rate (now {args.learning_rate:g}) or --max_grad_norm, then resume from the last "
-                         "checkpoint (--resume_from_checkpoint latest) or start over.")
+        raise ValueError(f"The training loss is {losses.tolist()} at step {step}: training diverged (the learning "
+                         f"rate {args.learning_rate:g} or the gradients are too large for this model). Start over "
+                         "with a lower --learning_rate or --max_grad_norm (--overwrite_output_dir), or resume from "
+                         "the last checkpoint with them and --allow_changed_args, which applies the new values.")
+    return bool(gathered[:, 1].any())
+
+
+def _check_finite_state(accelerator, model, ema, step: int, output_dir) -> None:
+    """A checkpoint with NaN or infinite weights (the model's or the EMA's) is never saved: the earlier ones stay."""
+    bad = [name for name, p in accelerator.unwrap_model(model).named_parameters() if not torch.isfinite(p).all()]
+    where = "weights"
+    if not bad and ema is not None:
+        bad = [f"#{i}" for i, p in enumerate(ema.shadow_params) if not torch.isfinite(p).all()]
+        where = "EMA weights"
+    if bad:
+        raise ValueError(f"At step {step} the {where} hold NaN or infinity ({', '.join(bad[:3])}); no checkpoint is "
+                         f"saved and the earlier ones in {output_dir} are kept. Resume from the last one with a lower "
+                         "--learning_rate and --allow_changed_args, or start over.")
+
+
+def _apply_changed_settings(args, changes: dict, optimizer, lr_scheduler, ema) -> None:
+    """Make a resume with --allow_changed_args really use the new values: the optimizer's hyper-parameters and the
+    lr schedule come back from the checkpoint, so they are set again here; the seed reseeds every RNG from here on.
+    (Loss weights, eps, t range and the batch size are read from `args` by the loss and the data loader anew.)"""
+    from accelerate.utils import set_seed
+
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
+    groups = optimizer.param_groups
+    for group in groups:
+        group.update(initial_lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                     weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    if hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [args.learning_rate for _ in groups]
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas is not None:  # the lr of the current step under the new schedule and rate
+        for group, fn in zip(groups, lambdas):
+            group["lr"] = args.learning_rate * fn(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]
+    if ema is not None:
+        ema.decay, ema.inv_gamma, ema.power = args.ema_max_decay, args.ema_inv_gamma, args.ema_power
+    if "--seed" in changes:
+        set_seed(args.seed)
+
+
 
 
 def _check_rng_restored(checkpoint, process_index: int) -> None:
