@@ -1,8 +1,51 @@
 """Loading what a user names: a pipeline folder or Hub id, a diffusion model to build on, a classifier."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
+
+# A pipeline folder may list its weight files' SHA-256 here (the embedded default does); our loaders check them, so a
+# flipped byte is an error naming the file rather than a silently worse model.
+WEIGHT_HASHES = "weights.sha256.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_weight_hashes(folder) -> Path:
+    """Record the SHA-256 of every `*.safetensors` under `folder` in `<folder>/weights.sha256.json`."""
+    from .utils.io import atomic_write_json
+
+    folder = Path(folder)
+    hashes = {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*.safetensors"))}
+    return atomic_write_json(folder / WEIGHT_HASHES, hashes)
+
+
+def verify_weight_hashes(folder) -> None:
+    """Raise a `ValueError` naming the file when a weight file of `folder` differs from the hash its
+    `weights.sha256.json` records (or is missing); a folder without that file is left as it is."""
+    folder = Path(folder)
+    listing = folder / WEIGHT_HASHES
+    if not listing.is_file():
+        return
+    try:
+        hashes = json.loads(listing.read_text())
+        items = list(hashes.items())
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"{listing}: unreadable ({err}); reinstall diffusers-agdm or restore the folder.") from None
+    for name, expected in items:
+        file = folder / name
+        if not file.is_file():
+            raise ValueError(f"{file}: missing (listed in {listing}); reinstall diffusers-agdm or restore the folder.")
+        if _sha256(file) != expected:
+            raise ValueError(f"{file}: its content differs from the SHA-256 recorded in {listing} (a damaged or "
+                             "altered file); reinstall diffusers-agdm or restore the folder.")
 
 
 def _local_json(name_or_path, filename: str, subfolder: str | None = None) -> dict | None:
@@ -37,6 +80,7 @@ def load_diffusion_source(name_or_path: str, **kwargs):
 
     if os.path.isdir(name_or_path):
         check_component_folders(name_or_path, given=kwargs)
+        verify_weight_hashes(name_or_path)
     pipe = DiffusionPipeline.from_pretrained(name_or_path, **kwargs)
     for required in ("unet", "scheduler"):
         if getattr(pipe, required, None) is None:

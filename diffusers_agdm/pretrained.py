@@ -27,5 +27,9 @@ def load_pipeline(name_or_path: str | None = None, **kwargs):
     """
     from .pipelines import AdversarialGuidedPurificationPipeline
 
+    from .loading import verify_weight_hashes
+
     source = default_pipeline_path() if name_or_path is None else name_or_path
+    if Path(source).is_dir():
+        verify_weight_hashes(source)  # the default's weights.sha256.json (and any folder that has one)
     return AdversarialGuidedPurificationPipeline.from_pretrained(source, **kwargs)

@@ -165,6 +165,7 @@ def main(argv=None):
         shutil.rmtree(staging)
     size = copy_pipeline(source, staging)
     from diffusers_agdm import load_pipeline
+    from diffusers_agdm.loading import write_weight_hashes
 
     pipe = load_pipeline(str(staging))
     results, sections = [], []
@@ -200,6 +201,7 @@ def main(argv=None):
                            results=results, results_details="\n".join(sections), training="\n".join(training),
                            limitations=limitations, dataset="mnist")
     card.save(staging / "README.md")
+    write_weight_hashes(staging)  # checked by every load of the default
     replace_folder(staging, TARGET)
     print(f"packaged {TARGET} ({size / 2**20:.2f} MiB) with its model card")
 

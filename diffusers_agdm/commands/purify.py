@@ -13,6 +13,8 @@ from . import (
     set_num_threads,
 )
 
+COMPARISON = "comparison.png"
+
 
 class PurifyCommand(BaseAgdmCLICommand):
     name = "purify"
@@ -55,9 +57,10 @@ class PurifyCommand(BaseAgdmCLICommand):
         inputs = [read_image(p) for p in files]  # every file readable before the pipeline loads
         output = check_output_dir(args.output_dir)
         targets = [output / name for name in output_names(files)]
-        clobbered = [str(p) for p in files if any(p.resolve() == t.resolve() for t in targets)]
-        if clobbered:
-            raise ValueError(f"purifying would overwrite the input {clobbered[0]}; choose another --output_dir.")
+        comparison = output / COMPARISON
+        for path in files:  # no output, the comparison included, may replace an input
+            if any(path.resolve() == t.resolve() for t in [*targets, comparison]):
+                raise ValueError(f"purifying would overwrite the input {path}; choose another --output_dir.")
         set_num_threads(args.num_threads)
         pipe = load_pipeline(args.pipeline)
         mode = "L" if pipe.unet.config.in_channels == 1 else "RGB"
@@ -73,7 +76,6 @@ class PurifyCommand(BaseAgdmCLICommand):
         for target, image in zip(targets, out.images):
             image.save(target)
         names = class_names(pipe)
-        comparison = output / "comparison.png"
         save_comparison(inputs, out.images, comparison, titles=[p.name for p in files],
                         labels_before=None if before is None else [names(i) for i in before.tolist()],
                         labels_after=None if out.labels is None else [names(i) for i in out.labels.tolist()])

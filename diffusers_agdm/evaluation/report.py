@@ -144,9 +144,6 @@ def text_summary(result, color: bool = False) -> str:
     for kind in SCORES:
         parts += [f"Accuracy (%), {SCORE_TITLES[kind].format(k=k)}:", results_table(report, kind), ""]
     parts += ["Sanity checks:", format_sanity_block(result.sanity_checks, color=color)]
-    if result.output_dir is not None:
-        parts += ["", f"Wrote {result.output_dir}/results.json, results.md, robust_accuracy_vs_eps.png, "
-                      "examples_grid.png"]
     return "\n".join(parts)
 
 
@@ -159,3 +156,7 @@ def write_outputs(result, output_dir) -> None:
     plot_accuracy_vs_eps(result.report, output_dir / "robust_accuracy_vs_eps.png")
     if result.examples is not None:
         plot_examples_grid(result.examples, output_dir / "examples_grid.png", result.report)
+    # Said only once every file is on disk.
+    written = "results.json, results.md, robust_accuracy_vs_eps.png" + (
+        ", examples_grid.png" if result.examples is not None else "")
+    print(f"\nWrote {output_dir}/{written}")
