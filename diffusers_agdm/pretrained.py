@@ -25,9 +25,8 @@ def load_pipeline(name_or_path: str | None = None, **kwargs):
     'AdversarialGuidedPurificationPipeline'
     ```
     """
-    from .pipelines import AdversarialGuidedPurificationPipeline
-
     from .loading import verify_weight_hashes
+    from .pipelines import AdversarialGuidedPurificationPipeline
 
     source = default_pipeline_path() if name_or_path is None else name_or_path
     if Path(source).is_dir():

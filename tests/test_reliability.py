@@ -2,17 +2,26 @@
 units, checkpoints verified by content, resume that refuses changed settings, inputs that are never overwritten,
 one exit-code contract and one run per folder."""
 
+import errno
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+from test_training import _image_folder
+from test_training_reliability import _classifier_command, _env, _steps, _train_classifier_in_process
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline
 from diffusers_agdm.data import LabelledImages
 from diffusers_agdm.evaluation import EvaluationConfig, evaluate
+from diffusers_agdm.exits import exit_status
+from diffusers_agdm.training.checkpoints import find_checkpoints
 from dummies import CLASSES, dummy_images, dummy_pipeline
-from test_training_reliability import _env, _steps, _train_classifier_in_process, folder  # noqa: F401  (fixture)
 
 TINY_EVAL = dict(defenses=("none",), attacks=("apgd",), steps=2, eot_samples=1, rescore_runs=2, batch_size=4,
                  sanity_images=2, convergence_checks=(), num_examples=0, show_progress_bar=False,
@@ -98,6 +107,11 @@ def test_a_damaged_progress_unit_is_named_and_recomputed(tmp_path, monkeypatch, 
 
 
 # ------------------------------------------------------------------------------------------ training resumes
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return _image_folder(tmp_path_factory.mktemp("data") / "images")
+
+
 @pytest.fixture
 def stopped(tmp_path, folder):
     """A run stopped at step 2 with a constant learning rate (a complete checkpoint-2)."""
@@ -206,3 +220,138 @@ def test_nan_in_the_ema_weights_is_never_saved_and_the_last_good_checkpoint_is_k
     monkeypatch.setattr(EMAModel, "step", real_step)
     _train_classifier_in_process(folder, out, 6, ["--resume_from_checkpoint", "latest", *CONSTANT_LR])
     assert (out / "diffusion_pytorch_model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------- signals, locks and the exit codes
+def _script_command(folder, out, steps, extra=()):
+    return _classifier_command(folder, out, steps, extra)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_during_training_saves_a_checkpoint_and_exits_130(tmp_path, folder, signum):
+    out = tmp_path / "run"
+    process = subprocess.Popen(_script_command(folder, out, 10**6), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-2").is_dir() and not list(out.glob("checkpoint-*")):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.time() < deadline, "training never saved its first checkpoint"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert "interrupted; kept:" in last and "--resume_from_checkpoint latest" in last, last
+    kept = last.split("kept: ")[1].split(" (step")[0]
+    complete, incomplete = find_checkpoints(out)
+    assert [str(p) for p in complete] == [kept] and not incomplete
+    assert "Traceback" not in err
+
+
+def test_a_second_training_into_a_locked_folder_exits_2_with_one_line(tmp_path, folder):
+    from diffusers_agdm.utils.lock import FolderLock
+
+    out = tmp_path / "run"
+    with FolderLock(out, "training"):
+        done = subprocess.run(_script_command(folder, out, 4), env=_env(), capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "in use by another training" in done.stderr and f"pid {os.getpid()}" in done.stderr
+    assert "Traceback" not in done.stderr and not list(out.glob("checkpoint-*"))
+    assert subprocess.run(_script_command(folder, out, 2), env=_env(), capture_output=True, text=True,
+                          timeout=300).returncode == 0  # released: the folder is usable again
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_save(tmp_path, folder, monkeypatch):
+    from accelerate import Accelerator
+
+    def full(self, output_dir=None, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(Accelerator, "save_state", full)
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OSError) as err:
+        _train_classifier_in_process(folder, tmp_path / "run", 4)
+    assert err.value.errno == errno.ENOSPC and "No space left on device while saving" in str(err.value)
+    assert not list((tmp_path / "run").glob(".checkpoint-*")) and not list((tmp_path / "run").glob("checkpoint-*"))
+    assert exit_status(err.value, "train") == 2
+
+
+def test_the_exit_code_contract(monkeypatch, capsys):
+    from diffusers_agdm import cli
+    from diffusers_agdm.commands.info import InfoCommand
+
+    for raised, status, says in [(KeyError("bug"), 3, "Traceback"), (ValueError("bad\ninput"), 2, "error: bad input"),
+                                 (OSError(errno.ENOSPC, "No space left on device"), 2, "no space left on device"),
+                                 (KeyboardInterrupt(), 130, "interrupted")]:
+        def run(self, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(InfoCommand, "run", run)
+        assert cli.main(["info"]) == status
+        err = capsys.readouterr().err
+        assert says in err, err
+        if status != 3:
+            assert len(err.strip().splitlines()) == 1, err
+
+
+def test_push_offline_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    done = subprocess.run([sys.executable, "-m", "diffusers_agdm.cli", "push", "--hub_model_id", "me/agdm"],
+                          env=_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and "offline" in done.stderr, done.stderr
+    # No network at all (the HTTP client's own error, not an OSError): one line too.
+    import diffusers_agdm.hub as hub
+    from diffusers_agdm import cli
+
+    class ConnectError(Exception):
+        pass
+
+    def unreachable(*args, **kwargs):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(hub, "create_repo", unreachable)
+    assert cli.main(["push", "--hub_model_id", "me/agdm"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot reach the Hugging Face Hub" in err, err
+
+
+# ---------------------------------------------------------------------------------- inputs and shipped weights
+def test_purify_never_writes_over_an_input_named_comparison_png(tmp_path, capsys):
+    from PIL import Image
+
+    from diffusers_agdm.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    image = out / "comparison.png"
+    Image.fromarray((torch.rand(28, 28) * 255).byte().numpy(), mode="L").save(image)
+    before = image.read_bytes()
+    assert main(["purify", str(image), "--output_dir", str(out)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert image.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["comparison.png"]
+
+
+def test_a_flipped_byte_in_the_shipped_default_is_named_at_load(tmp_path):
+    from diffusers_agdm import load_pipeline
+    from diffusers_agdm.pretrained import default_pipeline_path
+
+    copy = tmp_path / "agdm-mnist"
+    shutil.copytree(default_pipeline_path(), copy)
+    assert (copy / "weights.sha256.json").is_file()
+    target = copy / "classifier" / "diffusion_pytorch_model.safetensors"
+    _flip_byte(target, offset_from_end=1000)
+    with pytest.raises(ValueError, match="differs from the SHA-256") as err:
+        load_pipeline(str(copy))
+    assert str(target) in str(err.value)
+
+
+def test_a_second_evaluation_into_a_locked_folder_is_refused(tmp_path):
+    from diffusers_agdm.utils.lock import FolderLock
+
+    pipe = dummy_pipeline()
+    with FolderLock(tmp_path / "eval", "evaluation"):
+        with pytest.raises(ValueError, match="is in use by another evaluation"):
+            evaluate(pipe, _data(pipe), EvaluationConfig(**TINY_EVAL), output_dir=tmp_path / "eval")
+    evaluate(pipe, _data(pipe), EvaluationConfig(**TINY_EVAL), output_dir=tmp_path / "eval")  # released
