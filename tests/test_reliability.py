@@ -355,3 +355,31 @@ def test_a_second_evaluation_into_a_locked_folder_is_refused(tmp_path):
         with pytest.raises(ValueError, match="is in use by another evaluation"):
             evaluate(pipe, _data(pipe), EvaluationConfig(**TINY_EVAL), output_dir=tmp_path / "eval")
     evaluate(pipe, _data(pipe), EvaluationConfig(**TINY_EVAL), output_dir=tmp_path / "eval")  # released
+
+
+def test_a_truncated_training_image_is_named(tmp_path):
+    images = _image_folder(tmp_path / "images")
+    broken = sorted(images.rglob("*.png"))[3]
+    broken.write_bytes(broken.read_bytes()[:40])
+    with pytest.raises(ValueError, match="cannot be read as an image") as err:
+        _train_classifier_in_process(images, tmp_path / "run", 2)
+    assert str(broken) in str(err.value)
+
+
+def test_a_checkpoint_of_another_script_or_architecture_is_one_line(stopped, folder, tmp_path, capsys):
+    from test_training import TINY, TINY_GUIDANCE, _script
+
+    from dummies import save_diffusion_source
+
+    source = save_diffusion_source(tmp_path / "source")
+    with pytest.raises(SystemExit) as exit_info:
+        _script("train_guidance").main(["--pretrained_model_name_or_path", str(source), "--train_data_dir",
+                                        str(folder), "--output_dir", str(tmp_path / "g"), "--max_train_steps", "2",
+                                        *TINY, *TINY_GUIDANCE, "--resume_from_checkpoint",
+                                        str(stopped / "checkpoint-2")])
+    assert exit_info.value.code == 2
+    assert "is a checkpoint of train_classifier.py, not of train_guidance.py" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="does not fit this run's model") as err:  # another width, applied
+        _train_classifier_in_process(folder, stopped, 4, ["--resume_from_checkpoint", "latest", *CONSTANT_LR,
+                                                          "--block_out_channels", "6", "--allow_changed_args"])
+    assert "checkpoint-2" in str(err.value)

@@ -15,6 +15,7 @@ Anything else is a Hub dataset id (through 🤗 datasets) or, with ``data_dir``,
 """
 
 import gzip
+import io
 import os
 import re
 import struct
@@ -173,6 +174,21 @@ def image_to_unit_range(item, where: str = "an image") -> np.ndarray:
                      "supported.")
 
 
+def _undecodable_image(ds, image_column) -> str | None:
+    """The path (or index) of the first image of `ds` that PIL cannot decode, else None."""
+    import datasets
+    from PIL import Image
+
+    raw = ds.cast_column(image_column, datasets.Image(decode=False))
+    for index, item in enumerate(raw[image_column]):
+        try:
+            with Image.open(item.get("path") or io.BytesIO(item.get("bytes") or b"")) as image:
+                image.load()
+        except Exception:  # noqa: BLE001 -- any failure to decode is the answer
+            return item.get("path") or f"image {index}"
+    return None
+
+
 def _load_hf(dataset_name, config_name, data_dir, split, image_column, label_column, cache_dir) -> LabelledImages:
     import datasets
 
@@ -200,9 +216,13 @@ def _load_hf(dataset_name, config_name, data_dir, split, image_column, label_col
     feature = ds.features[label_column]
     class_names = list(getattr(feature, "names", None) or [])
     images = []
-    for index, item in enumerate(ds[image_column]):
-        array = image_to_unit_range(item, where=f"image {index} of {source}")
-        images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    try:
+        for index, item in enumerate(ds[image_column]):  # (decoded as they come)
+            array = image_to_unit_range(item, where=f"image {index} of {source}")
+            images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    except (OSError, SyntaxError) as err:  # a truncated or corrupt file: name it
+        raise ValueError(f"{_undecodable_image(ds, image_column) or source}: cannot be read as an image "
+                         f"({' '.join(str(err).split())}).") from err
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
         raise ValueError(f"Images in {source} have different shapes {sorted(shapes)[:4]}; resize them first.")

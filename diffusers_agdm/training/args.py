@@ -25,14 +25,14 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None,
     loaded: a problem ends the script with one line and exit status 2. Remember how the script was called so the
     model card can record the command."""
     args = parser.parse_args(argv)
+    args.script = Path(script).name  # (a resume checks it is the same script's checkpoint)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_training_args(args)
         if check is not None:
             check(args)
     except ValueError as err:
         parser.error(str(err))
-    args.script = Path(script).name
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
 

@@ -311,6 +311,10 @@ def changed_settings(path: Path, args) -> dict:
 def check_same_run(path: Path, args) -> dict:
     """Raise a `ValueError` naming the flags when resuming from `path` would change what is trained, unless
     `args.allow_changed_args`; returns the changes (applied and recorded by the loop)."""
+    saved_script = read_run(path).get("args", {}).get("script")
+    if saved_script and getattr(args, "script", None) and saved_script != args.script:
+        raise ValueError(f"{path} is a checkpoint of {saved_script}, not of {args.script}; resume it with "
+                         f"{saved_script}, or give {args.script} one of its own checkpoints.")
     changes = changed_settings(path, args)
     if changes and not getattr(args, "allow_changed_args", False):
         listed = ", ".join(f"{flag} {old!r} -> {new!r}" for flag, (old, new) in changes.items())
