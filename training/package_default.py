@@ -207,4 +207,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from diffusers_agdm.exits import run_main
+
+    sys.exit(run_main(main, "package_default.py"))  # 0 done, 2 bad input or environment, 3 a bug, 130 interrupted

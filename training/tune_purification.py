@@ -214,4 +214,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from diffusers_agdm.exits import run_main
+
+    sys.exit(run_main(main, "tune_purification.py"))  # 0 done, 2 bad input or environment, 3 a bug, 130 interrupted

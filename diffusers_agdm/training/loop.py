@@ -289,7 +289,8 @@ def _train_loop(accelerator, args, model, train_data, loss_fn, stop, *, model_na
         for images, labels in batches:
             with accelerator.accumulate(model):
                 loss, logs = loss_fn(model, images, labels)
-                stop.requested = _check_finite_loss(accelerator, loss, global_step + 1, args, stop.requested)
+                # Acted on only as gathered, so that every process stops at the same step.
+                stop_now = _check_finite_loss(accelerator, loss, global_step + 1, args, stop.requested)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -309,9 +310,9 @@ def _train_loop(accelerator, args, model, train_data, loss_fn, stop, *, model_na
             if global_step % args.log_steps == 0:
                 accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=global_step)
             stopping = args.stop_after_steps is not None and global_step >= args.stop_after_steps
-            if global_step % args.checkpointing_steps == 0 or stopping or stop.requested:
+            if global_step % args.checkpointing_steps == 0 or stopping or stop_now:
                 save(global_step)
-            if stop.requested:
+            if stop_now:
                 progress.close()
                 accelerator.end_training()
                 raise Interrupted(f"{os.path.join(args.output_dir, f'checkpoint-{global_step}')} (step "
