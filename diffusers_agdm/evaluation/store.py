@@ -1,9 +1,10 @@
 """
 Resumable evaluations: each finished unit of work is written to `<output_dir>/progress/<fingerprint>/` as it ends, so
 rerunning the same command with the same output directory skips what is done. The fingerprint covers everything the
-numbers depend on (settings, pipeline weights, images, the number of processes does not matter), so a changed
-setting never reuses stale units. Writes are atomic (temporary file, then rename): a run killed mid-write leaves no
-half unit behind.
+numbers depend on (the resolved settings, every component's config and the scheduler's, the weights' bytes, the
+package version and the images; the number of processes does not matter), so a changed setting or pipeline never
+reuses stale units, and the line that says so names what changed. Writes are atomic (temporary file, then rename): a
+run killed mid-write leaves no half unit behind, and a unit damaged in any other way is named and computed again.
 """
 
 import hashlib

@@ -351,15 +351,11 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     accelerator.wait_for_everyone()
     _pause_point("after_state", step)
     if accelerator.is_main_process:
-        if run is not None:
-            atomic_write_json(partial / RUN_FILE, run)
-        names = [str(p.relative_to(partial)) for p in sorted(partial.rglob("*")) if p.is_file()]
-        for name in names:  # on disk before the manifest and the marker say they are
-            _fsync(partial / name)
-        atomic_write_json(partial / MANIFEST, {"sha256": {name: file_sha256(partial / name) for name in names}})
-        files = {str(p.relative_to(partial)): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
-        _write_synced(partial / MARKER, json.dumps({"step": step, "num_processes": accelerator.num_processes,
-                                                     "torch": torch.__version__, "files": files}, indent=1))
+        try:
+            _complete(partial, step, accelerator.num_processes, run)
+        except OSError as err:  # e.g. the disk filled up: no half-complete save is left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise _save_error(err, final) from err
         _pause_point("before_rename", step)
         if final.exists():  # a step saved again (a resume from an older checkpoint): replace it whole
             old = root / f".{PREFIX}{step}.replaced{PARTIAL_SUFFIX}"
@@ -380,6 +376,19 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     accelerator.wait_for_everyone()
     logger.info(f"Saved state to {final}")
     return final
+
+
+def _complete(partial: Path, step: int, num_processes: int, run: dict | None) -> None:
+    """Write the run record, the SHA-256 manifest and, last, the marker that makes `partial` a complete save."""
+    if run is not None:
+        atomic_write_json(partial / RUN_FILE, run)
+    names = [str(p.relative_to(partial)) for p in sorted(partial.rglob("*")) if p.is_file()]
+    for name in names:  # on disk before the manifest and the marker say they are
+        _fsync(partial / name)
+    atomic_write_json(partial / MANIFEST, {"sha256": {name: file_sha256(partial / name) for name in names}})
+    files = {str(p.relative_to(partial)): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
+    _write_synced(partial / MARKER, json.dumps({"step": step, "num_processes": num_processes,
+                                                 "torch": torch.__version__, "files": files}, indent=1))
 
 
 def _save_error(err: BaseException, final: Path) -> BaseException:
