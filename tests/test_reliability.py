@@ -258,8 +258,8 @@ def test_a_second_training_into_a_locked_folder_exits_2_with_one_line(tmp_path, 
     assert done.returncode == 2, done.stderr[-3000:]
     assert "in use by another training" in done.stderr and f"pid {os.getpid()}" in done.stderr
     assert "Traceback" not in done.stderr and not list(out.glob("checkpoint-*"))
-    assert subprocess.run(_script_command(folder, out, 2), env=_env(), capture_output=True, text=True,
-                          timeout=300).returncode == 0  # released: the folder is usable again
+    _train_classifier_in_process(folder, out, 2)  # released: the folder is usable again
+    _train_classifier_in_process(folder, out, 2, ["--overwrite_output_dir"])  # and again, in the same process
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_save(tmp_path, folder, monkeypatch):
