@@ -15,7 +15,7 @@ import importlib
 import sys
 
 from . import __version__
-from .commands import COMMANDS, EXIT_BAD_INPUT, EXIT_OK, EXIT_SANITY_FAILED  # noqa: F401  (the exit codes' home)
+from .commands import COMMANDS, EXIT_BAD_INPUT, EXIT_OK, EXIT_SANITY_FAILED  # noqa: F401  (re-exported for callers)
 
 
 def command_class(name: str):
@@ -54,13 +54,21 @@ def build_parser(full: str | tuple[str, ...] | None = None) -> argparse.Argument
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand `name` inside the `agdm` parser."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `agdm` console script; returns the exit status (0 ok, 1 sanity check failed, 2 bad
     input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     parser = build_parser(full=chosen if chosen in COMMANDS else ())
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top-level one (argparse would print `agdm [-h] ...`)
+        command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     command = args.func(args, argv)
     try:
         return command.run()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .settings_table import GUIDANCE_MODES, GUIDANCE_TARGETS, check_option, scale_option
+from .settings_table import check_option, scale_option
 from .utils.diffusion import diffuse
 from .utils.schedule import fixed_stride_scheduler_steps, is_fixed_stride
 

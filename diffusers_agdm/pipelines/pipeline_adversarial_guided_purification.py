@@ -70,7 +70,7 @@ class AdversarialGuidedPurificationPipelineOutput(BaseOutput):
     labels: torch.Tensor | None = None
 
 
-AdversarialPurificationPipelineOutput = AdversarialGuidedPurificationPipelineOutput  # a shorter alias of the same class
+AdversarialPurificationPipelineOutput = AdversarialGuidedPurificationPipelineOutput  # a shorter alias
 
 class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
     r"""
