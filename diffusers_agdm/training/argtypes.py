@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..utils.paths import check_model_source  # noqa: F401  (the training scripts import it from here)
+from ..utils.schedule import purification_timesteps, start_timestep
 from ..utils.validation import check_finite, check_int
 
 
@@ -88,9 +89,12 @@ def check_group_norm(widths: tuple[int, ...], groups: int, flag: str = "--block_
 
 
 def check_steps_fit(strength: float, num_inference_steps: int, num_train_timesteps: int) -> None:
-    """The reverse process starts at t* = round(strength x T) and can take at most t* + 1 distinct steps down to 0."""
-    start = int(round(strength * num_train_timesteps))
-    if num_inference_steps > start + 1:
+    """The rule of [`~diffusers_agdm.utils.schedule.purification_timesteps`] (the reverse process starts at t* =
+    round(strength x T), at most T - 1, and takes at most t* + 1 distinct steps down to 0), worded with the flags."""
+    try:
+        purification_timesteps(strength, num_inference_steps, num_train_timesteps)
+    except ValueError:
+        start = start_timestep(strength, num_train_timesteps)
         raise ValueError(f"--num_inference_steps {num_inference_steps} is more than the {start + 1} timesteps from "
-                         f"t* = round({strength} x {num_train_timesteps}) = {start} down to 0; lower it or raise "
-                         "--strength.")
+                         f"t* = {start} (--strength {strength} of {num_train_timesteps}) down to 0; lower it or raise "
+                         "--strength.") from None
