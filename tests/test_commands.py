@@ -102,7 +102,7 @@ def test_purify_fails_in_one_line_before_loading_the_pipeline(saved, tmp_path, c
         for name in images:
             shutil.copy(image, name)
         output = tmp_path / "in"
-    with mock.patch("diffusers_agdm.pretrained.load_pipeline") as load:
+    with mock.patch("diffusers_agdm.default_pipeline.load_pipeline") as load:
         assert main(["purify", *images, "--output_dir", str(output), "--pipeline", str(saved)]) == 2
     load.assert_not_called()
     err = _error_line(capsys, "purify")

@@ -11,11 +11,11 @@ import json
 import shutil
 from pathlib import Path
 
+from diffusers_agdm.default_pipeline import DEFAULT_PIPELINE_NAME
 from diffusers_agdm.evaluation import SCORES
 from diffusers_agdm.evaluation.config import SCORE_TITLES
 from diffusers_agdm.evaluation.report import results_table
 from diffusers_agdm.hub import make_model_card
-from diffusers_agdm.pretrained import DEFAULT_PIPELINE_NAME
 from diffusers_agdm.utils.flags import ArgumentParser
 from diffusers_agdm.utils.io import markdown_table
 from diffusers_agdm.utils.paths import check_model_source

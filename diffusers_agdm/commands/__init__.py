@@ -89,7 +89,7 @@ def check_pipeline_source(name_or_path: str | None) -> None:
 def load_pipeline(name_or_path: str | None):
     """The one place a command loads a pipeline: checked first, and any loading failure (offline Hub, not one of
     our pipelines, ...) becomes a one-line `ValueError` naming the source."""
-    from ..pretrained import load_pipeline as load
+    from ..default_pipeline import load_pipeline as load
 
     check_pipeline_source(name_or_path)
     source = name_or_path or "the embedded default"

@@ -23,7 +23,7 @@ class InfoCommand(BaseAgdmCLICommand):
         return parser
 
     def run(self) -> int:
-        from ..pretrained import default_pipeline_path
+        from ..default_pipeline import default_pipeline_path
 
         args = self.args
         pipe = load_pipeline(args.pipeline)

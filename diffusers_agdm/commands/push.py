@@ -36,8 +36,8 @@ class PushCommand(BaseAgdmCLICommand):
         import shutil
         import tempfile
 
+        from ..default_pipeline import default_pipeline_path
         from ..hub import make_model_card, push_folder_to_hub
-        from ..pretrained import default_pipeline_path
         from ..utils.paths import check_model_source
 
         args = self.args

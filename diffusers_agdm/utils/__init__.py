@@ -5,6 +5,7 @@ import importlib
 
 _LAZY = {
     "diffuse": ".diffusion",
+    "diffuse01": ".diffusion",
     "sample_size": ".models",
     "check_output_dir": ".paths",
     "check_finite": ".validation",
