@@ -281,7 +281,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         return diffuse(reference, noise, self.scheduler.alphas_cumprod, first_timestep), noise
 
     @staticmethod
-    def _draw_step_seeds(generator, num_steps: int, batch_size: int) -> torch.Tensor:
+    def _draw_step_seeds(generator, num_steps: int) -> torch.Tensor:
         """One seed per reverse step (and per image for a list of generators), so a step can be replayed exactly."""
         high = 2**62
         if generator is None:
@@ -351,7 +351,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         scheduler = scheduler_for(self.scheduler, settings.timesteps, device=device)
 
         sample, start_noise = self.prepare_latents(reference, settings.first_timestep, generator)
-        step_seeds = self._draw_step_seeds(generator, len(timesteps), reference.shape[0])
+        step_seeds = self._draw_step_seeds(generator, len(timesteps))
         generator_device = generator[0].device if isinstance(generator, list) else (
             generator.device if generator is not None else torch.device("cpu"))
 
