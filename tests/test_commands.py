@@ -286,3 +286,25 @@ def test_evaluate_flags_are_generated_from_every_config_field():
     assert (config.attacks, config.eps_grid, config.seeds, config.strength) == (("pgd", "bpda"), (0.1, 0.2), (4,),
                                                                                  0.25)
     assert config.show_progress_bar is False
+
+
+def test_every_commands_help_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom diffusers_agdm.cli import build_parser\nparser = build_parser()\nparser.format_help()\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def test_the_loss_flag_names_every_loss():
+    from diffusers_agdm.attacks import LOSSES
+    from diffusers_agdm.cli import build_parser, command_parser
+
+    loss = command_parser(build_parser("evaluate"), "evaluate")._option_string_actions["--loss"]
+    assert all(name in loss.help for name in LOSSES)
+    with pytest.raises(ValueError, match="Unknown loss 'hinge'"):
+        from diffusers_agdm.commands.evaluate import config_from_args
+
+        config_from_args(build_parser("evaluate").parse_args(["evaluate", "--loss", "hinge"])).validate()

@@ -2,10 +2,12 @@
 
 from dataclasses import dataclass, field, fields
 
-from ..attacks import LOSSES, check_budget, default_step_size
 from ..settings_table import OPTIONS
 from ..utils.validation import check_finite, check_int
-from .defenses import DEFENSES
+
+# Standard library only at import (the attacks load in `validate`): `agdm evaluate --help` builds its flags from
+# these fields without torch.
+DEFENSES = ("undefended", "none", "pixel", "latent")
 
 ATTACKS = ("apgd", "apgd-guidance", "pgd", "bpda", "surrogate", "autoattack-rand", "autoattack-standard")
 ATTACK_TITLES = {
@@ -104,7 +106,7 @@ class EvaluationConfig:
                                                   "group": "threat"})
     eot_batch: int | None = field(default=None, metadata={
         "help": "EOT draws per model call (default: all at once)", "group": "threat"})
-    loss: str = field(default="margin", metadata={"help": "the loss the attacks ascend", "choices": LOSSES,
+    loss: str = field(default="margin", metadata={"help": "the loss the attacks ascend: ce, margin or dlr",
                                                   "group": "threat"})
     step_size: float | None = field(default=None, metadata={
         "help": "PGD's fixed step (default: 2.5 * eps / steps; APGD adapts its own)", "group": "threat"})
@@ -161,6 +163,8 @@ class EvaluationConfig:
 
     def validate(self) -> None:
         """Raise a `ValueError` naming the first bad setting."""
+        from ..attacks import LOSSES, check_budget
+
         for name in ("attacks", "defenses", "eps_grid", "seeds", "convergence_checks"):
             setattr(self, name, tuple(getattr(self, name)))
         if not self.attacks:
@@ -216,6 +220,8 @@ class EvaluationConfig:
     @property
     def pgd_step_size(self) -> float:
         """PGD's step size at the nominal eps."""
+        from ..attacks import default_step_size
+
         return self.step_size if self.step_size is not None else default_step_size(self.eps, self.steps)
 
     @property
