@@ -1,9 +1,10 @@
 """The `agdm` subcommands, one module each, shaped like Diffusers' own `diffusers/commands/`: a command class
 registers its parser with `register_subcommand` and does its work in `run`.
 
-Module-level imports here and in every command module are the standard library only: `agdm --help` and
-`agdm --version` must not pay for torch. Each command imports what it needs inside `run` (and `evaluate` inside
-`register_subcommand`, for its defaults).
+Module-level imports here and in every command module are the standard library and the package's torch-free
+modules only (the settings table, `utils.flags`): `agdm --help`, `agdm --version` and `agdm <command> --help` must
+not pay for torch (benchmarks/help_time.py measures it). Each command imports what it needs inside `run`
+(`evaluate` reads `EvaluationConfig`'s fields, which load without torch, inside `register_subcommand`).
 """
 
 import argparse
