@@ -65,9 +65,9 @@ PURIFICATION_OPTIONS = (
     PurificationOption("strength", float, 0.2, "t* as a fraction of the training schedule, in (0, 1]", minimum=0,
                        maximum=1, inclusive_min=False),
     PurificationOption("num_inference_steps", int, 10, "reverse steps from t* to 0", minimum=1),
+    PurificationOption("guidance_scale", float, 30.0, "the latent (AGDM) guidance scale (0: unguided)", minimum=0),
     PurificationOption("guidance", str, "latent", "latent (AGDM), pixel (GDMP-style) or none (DiffPure-style)",
                        choices=GUIDANCE_MODES, config_key="guidance_mode"),
-    PurificationOption("guidance_scale", float, 30.0, "the latent (AGDM) guidance scale (0: unguided)", minimum=0),
     PurificationOption("pixel_guidance_scale", float, 1.0, "the pixel (GDMP-style) guidance scale, for --guidance "
                        "pixel", minimum=0),
     PurificationOption("feature_weight", float, 1.0, "weight of the feature-distance term of latent guidance",
