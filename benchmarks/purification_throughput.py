@@ -10,6 +10,7 @@ guidance network costs the same whatever the UNet, so the ratio depends on how b
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -28,15 +29,17 @@ def cifar10_scale_pipeline():
     of the default width, as the README's CIFAR-10 recipe trains it; t*, steps and scales of the MNIST default."""
     from diffusers import DDIMScheduler, UNet2DModel
 
-    from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
+    from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel, default_pipeline_path
     from diffusers_agdm.models.public_configs import DDPM_CIFAR10_SCHEDULER, DDPM_CIFAR10_UNET, init_kwargs
 
+    # The embedded default's own purification settings, read from its config (not copied here by hand).
+    config = json.loads((default_pipeline_path() / "model_index.json").read_text())
     torch.manual_seed(0)
     pipe = AdversarialGuidedPurificationPipeline(
         unet=UNet2DModel(**init_kwargs(DDPM_CIFAR10_UNET)),
         scheduler=DDIMScheduler.from_config(init_kwargs(DDPM_CIFAR10_SCHEDULER)),
         guidance=GuidanceModel(in_channels=3, sample_size=32, num_classes=10),
-        strength=0.35, num_inference_steps=10, guidance_scale=10.0, pixel_guidance_scale=1.0)  # the default's
+        **{key: config[key] for key in ("strength", "num_inference_steps", "guidance_scale", "pixel_guidance_scale")})
     pipe.set_progress_bar_config(disable=True)
     return pipe.to("cuda") if torch.cuda.is_available() else pipe
 

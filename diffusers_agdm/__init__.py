@@ -30,8 +30,8 @@ _LAZY = {
     "AdversarialGuidedPurificationPipelineOutput": ".pipelines",
     "AdversarialPurificationPipelineOutput": ".pipelines",
     "PurifiedClassifier": ".pipelines",
-    "default_pipeline_path": ".pretrained",
-    "load_pipeline": ".pretrained",
+    "default_pipeline_path": ".default_pipeline",
+    "load_pipeline": ".default_pipeline",
     "PurificationSettings": ".settings",
 }
 

@@ -63,13 +63,21 @@ def build_parser(full: str | tuple[str, ...] | None = None) -> argparse.Argument
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand `name` inside the `agdm` parser."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `agdm` console script; returns the exit status of the contract in `exits.py` (0 ok, 1 a
     sanity check failed, 2 bad input or environment, 3 a bug, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     parser = build_parser(full=chosen if chosen in COMMANDS else ())
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top-level one (argparse would print `agdm [-h] ...`)
+        command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     command = args.func(args, argv)
     try:
         return command.run()

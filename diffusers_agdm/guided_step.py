@@ -16,12 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .settings_table import check_option, scale_option
 from .utils.diffusion import diffuse
 from .utils.schedule import fixed_stride_scheduler_steps, is_fixed_stride
-from .utils.validation import check_finite
-
-GUIDANCE_MODES = ("latent", "pixel", "none")
-GUIDANCE_TARGETS = ("diffused", "input")
 
 
 @dataclass(frozen=True)
@@ -45,20 +42,21 @@ class GuidanceSettings:
     class_guidance: bool = True
     target: str = "diffused"
 
+    def __post_init__(self):
+        # Validated once, when built (the table's rules); a frozen dataclass normalises its own fields this way.
+        object.__setattr__(self, "mode", check_option("guidance", self.mode))
+        object.__setattr__(self, "target", check_option("guidance_target", self.target))
+        object.__setattr__(self, "scale", check_option(scale_option(self.mode), self.scale))
+        object.__setattr__(self, "feature_weight", check_option("feature_weight", self.feature_weight))
+        check_option("class_guidance", self.class_guidance)
+
     @property
     def active(self) -> bool:
         return self.mode != "none" and self.scale != 0
 
     def validate(self, has_guidance_model: bool) -> None:
-        if self.mode not in GUIDANCE_MODES:
-            raise ValueError(f"Unknown guidance {self.mode!r}; choose one of {GUIDANCE_MODES}.")
-        if self.target not in GUIDANCE_TARGETS:
-            raise ValueError(f"Unknown guidance_target {self.target!r}; choose one of {GUIDANCE_TARGETS}.")
-        scale_name = "pixel_guidance_scale" if self.mode == "pixel" else "guidance_scale"
-        check_finite(scale_name, self.scale, minimum=0)
-        check_finite("feature_weight", self.feature_weight, minimum=0)
-        if not isinstance(self.class_guidance, bool):
-            raise ValueError(f"`class_guidance` must be True or False, got {self.class_guidance!r}.")
+        """Raise a `ValueError` if these settings need a guidance model and there is none (the values themselves
+        were checked when the settings were built)."""
         if self.mode == "latent" and not has_guidance_model:
             raise ValueError("guidance='latent' needs a guidance model, but this pipeline has none; pass "
                              "`guidance=GuidanceModel(...)` when building it, or use guidance='pixel' or 'none'.")

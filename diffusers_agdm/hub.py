@@ -8,9 +8,10 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
 
+from .settings_table import UNTUNED_DEFAULTS
+
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")
-PURIFICATION_CONFIG_KEYS = ("strength", "num_inference_steps", "guidance_scale", "guidance_mode",
-                            "pixel_guidance_scale", "feature_weight", "class_guidance", "guidance_target", "eta")
+PURIFICATION_CONFIG_KEYS = tuple(UNTUNED_DEFAULTS)  # the pipeline config's purification keys, from the table
 
 
 def _components_table(pipeline) -> str:

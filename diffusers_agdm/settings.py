@@ -10,8 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .guided_step import GuidanceSettings
+from .settings_table import check_option, scale_option
 from .utils.schedule import purification_timesteps
-from .utils.validation import check_finite, check_int
+from .utils.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,15 @@ class PurificationSettings:
         def set_field(name, value):  # a frozen dataclass normalises its own fields this way
             object.__setattr__(self, name, value)
 
-        set_field("strength", check_finite("strength", self.strength, minimum=0, maximum=1, inclusive_min=False))
-        set_field("num_inference_steps", check_int("num_inference_steps", self.num_inference_steps))
+        set_field("strength", check_option("strength", self.strength))
+        set_field("num_inference_steps", check_option("num_inference_steps", self.num_inference_steps))
         set_field("num_train_timesteps", check_int("num_train_timesteps", self.num_train_timesteps))
-        set_field("eta", check_finite("eta", self.eta, minimum=0))
+        set_field("eta", check_option("eta", self.eta))
         set_field("fixed_stride", bool(self.fixed_stride))
         if isinstance(self.guidance, dict):
             set_field("guidance", GuidanceSettings(**self.guidance))
-        if not isinstance(self.guidance, GuidanceSettings):
+        if not isinstance(self.guidance, GuidanceSettings):  # (a GuidanceSettings validated itself when built)
             raise ValueError(f"`guidance` must be a GuidanceSettings, got {type(self.guidance).__name__}.")
-        self.guidance.validate(has_guidance_model=True)  # the pipeline checks that it has one, if needed
         expected = purification_timesteps(self.strength, self.num_inference_steps, self.num_train_timesteps,
                                           self.fixed_stride)
         if self.timesteps is not None and tuple(int(t) for t in self.timesteps) != expected:
@@ -91,12 +91,11 @@ class PurificationSettings:
     def as_overrides(self) -> dict:
         """The keyword arguments of `pipe.resolve_settings` (and `purify`) that give these settings back."""
         guidance = self.guidance
-        scale_name = "pixel_guidance_scale" if guidance.mode == "pixel" else "guidance_scale"
         overrides = {"strength": self.strength, "num_inference_steps": self.num_inference_steps,
                      "guidance": guidance.mode, "feature_weight": guidance.feature_weight,
                      "class_guidance": guidance.class_guidance, "guidance_target": guidance.target, "eta": self.eta}
         if guidance.mode != "none":
-            overrides[scale_name] = guidance.scale
+            overrides[scale_option(guidance.mode)] = guidance.scale
         return overrides
 
     @classmethod

@@ -102,7 +102,7 @@ def test_purify_fails_in_one_line_before_loading_the_pipeline(saved, tmp_path, c
         for name in images:
             shutil.copy(image, name)
         output = tmp_path / "in"
-    with mock.patch("diffusers_agdm.pretrained.load_pipeline") as load:
+    with mock.patch("diffusers_agdm.default_pipeline.load_pipeline") as load:
         assert main(["purify", *images, "--output_dir", str(output), "--pipeline", str(saved)]) == 2
     load.assert_not_called()
     err = _error_line(capsys, "purify")
@@ -186,3 +186,125 @@ def test_push_uploads_folder_with_card_and_it_loads_back(saved, tmp_path, hub_ca
     with mock.patch("diffusers.pipelines.pipeline_utils.get_cached_repo_tree", listing):
         pipe = DiffusionPipeline.from_pretrained("org/agdm-cli")
     assert type(pipe).__name__ == "AdversarialGuidedPurificationPipeline"
+
+
+# ------------------------------------------------------------------ flags and help
+
+
+def _training_parsers():
+    """The parser of each training script, as its `parse_args` builds it (captured before it parses)."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    class Built(Exception):
+        pass
+
+    def capture(self, *args, **kwargs):
+        raise Built(self)
+
+    parsers = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "training").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with mock.patch.object(argparse.ArgumentParser, "parse_args", capture):
+            try:
+                module.parse_args([])
+            except Built as built:
+                parsers[path.stem] = built.args[0]
+    return parsers
+
+
+def _command_parsers():
+    from diffusers_agdm.cli import build_parser, command_parser
+    from diffusers_agdm.commands import COMMANDS
+
+    parser = build_parser()
+    return {f"agdm {name}": command_parser(parser, name) for name in COMMANDS}
+
+
+def test_every_flag_has_help_and_shows_its_default_once():
+    parsers = {**_command_parsers(), **_training_parsers()}
+    assert {"agdm evaluate", "agdm purify", "train_guidance", "tune_purification", "package_default"} <= set(parsers)
+    for where, parser in parsers.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{where} {action.option_strings[0]} has no help"
+        assert "(default: None)" not in text, where
+        flat = " ".join(text.split())
+        for action in parser._actions:  # each flag's help says its default at most once
+            if action.help:
+                rendered = " ".join(parser._get_formatter()._expand_help(action).split())
+                assert rendered.count("(default") <= 1, (where, rendered)
+        assert "['" not in flat, f"{where} shows a list default as a Python list"
+    evaluate = " ".join(parsers["agdm evaluate"].format_help().split())
+    assert "one evaluation per seed; mean and std over seeds (--seed N: just N) (default: 0)" in evaluate
+    for helpless in ("--norm", "--eps", "--eot_samples"):
+        assert all(a.help for p in parsers.values() for a in p._actions if helpless in a.option_strings)
+
+
+def test_agdm_takes_the_training_scripts_names():
+    from diffusers_agdm.cli import build_parser
+
+    parser = build_parser()
+    for old, new in (("--pipeline", "--pretrained_model_name_or_path"), ("--data_dir", "--train_data_dir"),
+                     ("--seeds", "--seed")):
+        a = parser.parse_args(["evaluate", old, "x" if "seed" not in old else "3"])
+        b = parser.parse_args(["evaluate", new, "x" if "seed" not in new else "3"])
+        assert vars(a) == vars(b), old
+    assert parser.parse_args(["push", "--hub_model_id", "a/b", "--hub_private_repo"]).private is True
+    assert parser.parse_args(["push", "--hub_model_id", "a/b", "--private"]).private is True
+    assert parser.parse_args(["demo", "--steps", "3"]).attack_steps == 3
+    tune, guidance = (_training_parsers()[name] for name in ("tune_purification", "train_guidance"))
+    assert "--steps" in tune._option_string_actions and "--steps" in guidance._option_string_actions
+
+
+def test_a_bad_flag_prints_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["purify", "x.png", "--no_such_flag", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: agdm purify") and "unrecognized arguments: --no_such_flag 1" in err
+
+
+def test_evaluate_flags_are_generated_from_every_config_field():
+    from dataclasses import fields
+
+    from diffusers_agdm.cli import build_parser, command_parser
+    from diffusers_agdm.commands.evaluate import config_from_args
+    from diffusers_agdm.evaluation.config import EvaluationConfig
+
+    parser = build_parser("evaluate")
+    assert config_from_args(parser.parse_args(["evaluate"])) == EvaluationConfig()
+    flags = set(command_parser(parser, "evaluate")._option_string_actions)
+    for field in fields(EvaluationConfig):
+        assert f"--{field.metadata.get('flag', field.name)}" in flags, field.name
+    config = config_from_args(parser.parse_args(["evaluate", "--attacks", "pgd,bpda", "--eps_grid", "0.1", "0.2",
+                                                 "--seed", "4", "--strength", "0.25", "--no-progress_bar"]))
+    assert (config.attacks, config.eps_grid, config.seeds, config.strength) == (("pgd", "bpda"), (0.1, 0.2), (4,),
+                                                                                 0.25)
+    assert config.show_progress_bar is False
+
+
+def test_every_commands_help_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom diffusers_agdm.cli import build_parser\nparser = build_parser()\nparser.format_help()\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def test_the_loss_flag_names_every_loss():
+    from diffusers_agdm.attacks import LOSSES
+    from diffusers_agdm.cli import build_parser, command_parser
+
+    loss = command_parser(build_parser("evaluate"), "evaluate")._option_string_actions["--loss"]
+    assert all(name in loss.help for name in LOSSES)
+    with pytest.raises(ValueError, match="Unknown loss 'hinge'"):
+        from diffusers_agdm.commands.evaluate import config_from_args
+
+        config_from_args(build_parser("evaluate").parse_args(["evaluate", "--loss", "hinge"])).validate()

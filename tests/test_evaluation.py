@@ -48,7 +48,7 @@ def test_the_four_defenses_share_t_star_and_steps_and_differ_only_in_guidance():
     assert (latent.guidance.mode, latent.guidance.scale) == ("latent", 7)
     assert specs["undefended"].settings is None
     described = {name: spec.describe(pipe) for name, spec in specs.items()}
-    first = int(pipe.get_timesteps(0.2, 2)[0])
+    first = int(pipe.get_timesteps(2, 0.2)[0])
     for name in ("none", "pixel", "latent"):
         assert (described[name]["strength"], described[name]["num_inference_steps"]) == (0.2, 2)
         assert described[name]["first_timestep"] == first

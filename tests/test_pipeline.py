@@ -61,7 +61,7 @@ def test_scale_zero_equals_reference_unguided_loop(kind, timesteps):
     the strides it can (100 // n: 14 or 16, not 15)."""
     pipe = dummy_pipeline(kind)
     x = dummy_images(3)
-    assert pipe.get_timesteps(0.3, 3).tolist() == list(timesteps)
+    assert pipe.get_timesteps(3, 0.3).tolist() == list(timesteps)
     with torch.no_grad():
         expected = _reference_unguided_purification(pipe, x, timesteps, seed=11)
         got_scale0 = pipe(x, strength=0.3, num_inference_steps=3, guidance="latent", guidance_scale=0.0,
@@ -173,7 +173,7 @@ def test_strength_names_the_first_timestep_whatever_the_steps(kind, strength):
     pipe = dummy_pipeline(kind)
     t_star = min(round(strength * 100), 99)
     for steps in sorted(n for n in {1, 2, 3, 5, 10, t_star // 2, t_star, t_star + 1} if 1 <= n <= t_star + 1):
-        ts = pipe.get_timesteps(strength, steps).tolist()
+        ts = pipe.get_timesteps(steps, strength).tolist()
         assert ts[0] == t_star and len(ts) == steps
         assert all(a > b for a, b in zip(ts, ts[1:])) and ts[-1] >= 0
         assert pipe.resolve_settings(strength=strength, num_inference_steps=steps).first_timestep == t_star
@@ -205,7 +205,7 @@ def test_full_ddpm_chain_from_t_star():
 def test_more_steps_than_t_star_allows_raises(kind):
     pipe = dummy_pipeline(kind)
     with pytest.raises(ValueError, match=r"strength=0.1 .*t=10 .*at most 11 steps.*num_inference_steps=100"):
-        pipe.get_timesteps(0.1, 100)
+        pipe.get_timesteps(100, 0.1)
     with pytest.raises(ValueError, match="num_inference_steps=12"):
         pipe(dummy_images(), strength=0.1, num_inference_steps=12, guidance="none", output_type="pt")
 
@@ -223,7 +223,7 @@ def test_describing_the_settings_leaves_the_scheduler_alone():
     pipe.scheduler.set_timesteps(7)
     before = (pipe.scheduler.num_inference_steps, pipe.scheduler.timesteps.clone())
     pipe.resolve_settings(strength=0.5, num_inference_steps=4)
-    pipe.get_timesteps(0.2, 3)
+    pipe.get_timesteps(3, 0.2)
     pipe(dummy_images(), guidance="none", generator=_gen(), output_type="pt")  # runs on a private copy
     assert pipe.scheduler.num_inference_steps == before[0] and torch.equal(pipe.scheduler.timesteps, before[1])
 
@@ -241,7 +241,7 @@ def test_callback_on_step_end_sees_every_step_and_collects_the_trajectory():
 
     out = pipe(x, strength=0.3, num_inference_steps=3, generator=_gen(), output_type="pt",
                callback_on_step_end=collect, callback_on_step_end_tensor_inputs=["latents"])
-    assert steps == list(enumerate(pipe.get_timesteps(0.3, 3).tolist()))
+    assert steps == list(enumerate(pipe.get_timesteps(3, 0.3).tolist()))
     assert len(trajectory) == 3 and all(z.shape == x.shape for z in trajectory)
     assert not torch.equal(trajectory[0], trajectory[1])
     torch.testing.assert_close(out.images, ((trajectory[-1] + 1) / 2).clamp(0, 1))

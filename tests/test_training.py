@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
-from diffusers_agdm.training.trades import _kl, diffuse, kl_pgd
+from diffusers_agdm.training.trades import _kl, diffuse01, kl_pgd
 from dummies import dummy_guidance, dummy_pipeline, save_diffusion_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,8 +125,8 @@ def test_kl_pgd_increases_the_kl_it_maximises():
 
     def kl(adv):
         with torch.no_grad():
-            clean = guidance(diffuse(x, noise, alphas, t), t).logits
-            return _kl(clean, guidance(diffuse(adv, noise, alphas, t), t).logits).item()
+            clean = guidance(diffuse01(x, noise, alphas, t), t).logits
+            return _kl(clean, guidance(diffuse01(adv, noise, alphas, t), t).logits).item()
 
     for norm, eps in (("Linf", 0.3), ("L2", 2.0)):
         adv = kl_pgd(guidance, x, noise, t, alphas, norm=norm, eps=eps, step_size=0.1 if norm == "Linf" else 0.5,

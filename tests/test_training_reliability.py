@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from test_training import ROOT, TINY, _image_folder, _script
 
-from diffusers_agdm.training.checkpoints import MARKER, PAUSE_ENV, find_checkpoints, resolve_resume
+from diffusers_agdm.training.checkpoints import MARKER, find_checkpoints, resolve_resume
 
 CLASSIFIER = ["--block_out_channels", "4", "--hidden_dim", "8", "--eval_samples", "0", "--use_ema",
               "--checkpointing_steps", "2", "--checkpoints_total_limit", "1"]
@@ -31,8 +31,23 @@ def _classifier_command(folder, out, steps, extra=()):
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != PAUSE_ENV}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+# Runs a training script (argv[3:]) with the save's no-op `_pause_point` replaced: at the named point of the save of
+# the named step it touches the flag file and waits, so that the test can SIGKILL it exactly there.
+PAUSING_RUNNER = """import runpy, sys, time
+from pathlib import Path
+import diffusers_agdm.training.checkpoints as checkpoints
+target, flag = sys.argv[1], Path(sys.argv[2])
+def pause(point, step):
+    if f"{point}@{step}" == target:
+        flag.write_text(target)
+        time.sleep(600)
+checkpoints._pause_point = pause
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def _run(command, **env):
@@ -44,7 +59,8 @@ def _run(command, **env):
 def _kill_during_save(command, point: str, step: int, flag: Path):
     """Start a training run, wait until its save of `step` reaches `point`, and SIGKILL it there."""
     flag.unlink(missing_ok=True)
-    process = subprocess.Popen(command, env=_env(**{PAUSE_ENV: f"{point}@{step}:{flag}"}),
+    process = subprocess.Popen([command[0], "-c", PAUSING_RUNNER, f"{point}@{step}", str(flag), *command[1:]],
+                               env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not flag.exists():

@@ -7,17 +7,18 @@ and JSON only) and write its model card from the recorded training runs, the tun
         --evaluations outputs/default-linf/results.json outputs/default-l2/results.json
 """
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
+from diffusers_agdm.default_pipeline import DEFAULT_PIPELINE_NAME
 from diffusers_agdm.evaluation import SCORES
 from diffusers_agdm.evaluation.config import SCORE_TITLES
 from diffusers_agdm.evaluation.report import results_table
 from diffusers_agdm.hub import make_model_card
-from diffusers_agdm.pretrained import DEFAULT_PIPELINE_NAME
+from diffusers_agdm.utils.flags import ArgumentParser
 from diffusers_agdm.utils.io import markdown_table
+from diffusers_agdm.utils.paths import check_model_source
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "diffusers_agdm" / "pretrained" / DEFAULT_PIPELINE_NAME
@@ -26,8 +27,9 @@ MAX_BYTES = 20 * 2**20
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True, help="the tuned pipeline folder")
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--pretrained_model_name_or_path", "--pipeline", dest="pipeline", metavar="PIPELINE",
+                        required=True, help="the tuned pipeline folder")
     parser.add_argument("--training_runs", nargs="+", required=True,
                         help="output folders of the training scripts (each has training_metrics.json)")
     parser.add_argument("--evaluations", nargs="+", required=True, help="results.json files of `agdm evaluate`")
@@ -35,8 +37,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     # Every input is read before the shipped default is touched: a typo must not leave the package without one.
     problems = []
-    if not (Path(args.pipeline) / "model_index.json").is_file():
-        problems.append(f"--pipeline {args.pipeline}: no model_index.json")
+    try:
+        check_model_source("--pipeline", args.pipeline, local_only=True)
+    except ValueError as err:
+        problems.append(str(err).rstrip("."))
     files = [("--training_runs", Path(run) / "training_metrics.json") for run in args.training_runs]
     files += [("--evaluations", Path(path)) for path in args.evaluations]
     for flag, path in files:

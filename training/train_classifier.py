@@ -4,7 +4,6 @@
     accelerate launch training/train_classifier.py --dataset_name mnist --output_dir runs/classifier-mnist
 """
 
-import argparse
 import time
 
 import torch
@@ -24,10 +23,11 @@ from diffusers_agdm.training import (
 from diffusers_agdm.training.argtypes import comma_list, finite, int_at_least
 from diffusers_agdm.training.augment import random_affine
 from diffusers_agdm.training.output import save_and_push
+from diffusers_agdm.utils.flags import ArgumentParser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_training_args(parser, batch_size=64, max_train_steps=1000, learning_rate=1e-3, use_ema=False,
                       checkpointing_steps=500)
     add_data_args(parser, eval_samples=500)
@@ -35,7 +35,8 @@ def parse_args(argv=None):
     g = parser.add_argument_group("model")
     g.add_argument("--block_out_channels", type=comma_list(int_at_least(1)), default=(32, 64),
                    help="Widths of the convolution blocks, comma-separated (e.g. 32,64).")
-    g.add_argument("--hidden_dim", type=int_at_least(1), default=128)
+    g.add_argument("--hidden_dim", type=int_at_least(1), default=128, help="Width of the hidden layer before the "
+                   "logits.")
     a = parser.add_argument_group("augmentation")
     a.add_argument("--augment_shift", type=finite(0), default=2.0, help="Random shift in pixels (0: off).")
     a.add_argument("--augment_rotation", type=finite(0, 180), default=10.0,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline
+from diffusers_agdm.settings_table import UNTUNED_DEFAULTS, add_purification_arguments
 from diffusers_agdm.training import (
     add_data_args,
     add_hub_args,
@@ -24,31 +25,34 @@ from diffusers_agdm.training import (
     parse_training_args,
     train_loop,
 )
-from diffusers_agdm.training.argtypes import check_group_norm, check_steps_fit, comma_list, finite, int_at_least
+from diffusers_agdm.training.argtypes import check_group_norm, check_steps_fit, comma_list, int_at_least
 from diffusers_agdm.training.output import save_and_push
+from diffusers_agdm.utils.flags import ArgumentParser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_training_args(parser, batch_size=64, max_train_steps=2000, learning_rate=1e-3)
     add_data_args(parser)
     add_hub_args(parser)
     g = parser.add_argument_group("model")
     g.add_argument("--block_out_channels", type=comma_list(int_at_least(1)), default=(32, 64, 64),
                    help="Widths of the UNet's blocks, comma-separated (e.g. 32,64,64).")
-    g.add_argument("--layers_per_block", type=int_at_least(1), default=1)
+    g.add_argument("--layers_per_block", type=int_at_least(1), default=1, help="ResNet layers in each UNet block.")
     g.add_argument("--norm_num_groups", type=int_at_least(1), default=8, help="Must divide every block width.")
     g.add_argument("--attention", action=argparse.BooleanOptionalAction, default=True,
                    help="Self-attention at the lowest resolution.")
-    g.add_argument("--num_train_timesteps", type=int_at_least(2), default=1000)
+    g.add_argument("--num_train_timesteps", type=int_at_least(2), default=1000,
+                   help="Length T of the diffusion schedule.")
     g.add_argument("--beta_schedule", type=str, default="linear",
-                   choices=["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
-    g.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction"])
+                   choices=["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"],
+                   help="The noise schedule's beta curve (Diffusers' `beta_schedule`).")
+    g.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction"],
+                   help="What the UNet learns to predict.")
     g.add_argument("--inference_scheduler", type=str, default="ddim", choices=["ddim", "ddpm"],
                    help="The scheduler the saved pipeline purifies with.")
-    g.add_argument("--strength", type=finite(0, 1, inclusive_min=False), default=0.2,
-                   help="Purification default saved with the pipeline: t* as a fraction of the schedule, in (0, 1].")
-    g.add_argument("--num_inference_steps", type=int_at_least(1), default=10, help="Purification default.")
+    p = parser.add_argument_group("purification defaults saved with the pipeline")
+    add_purification_arguments(p, ("strength", "num_inference_steps"), defaults=UNTUNED_DEFAULTS)
     return parse_training_args(parser, argv, __file__, check=_check_args)
 
 

@@ -6,13 +6,13 @@ and the classifier stay frozen, and write a complete purification pipeline with 
         --classifier_name_or_path runs/classifier-mnist --dataset_name mnist --output_dir runs/agdm-mnist
 """
 
-import argparse
 import time
 
 import torch
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
 from diffusers_agdm.loading import load_classifier, load_diffusion_source
+from diffusers_agdm.settings_table import UNTUNED_DEFAULTS, add_purification_arguments
 from diffusers_agdm.training import (
     add_data_args,
     add_hub_args,
@@ -34,10 +34,12 @@ from diffusers_agdm.training.argtypes import (
 from diffusers_agdm.training.output import save_and_push
 from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
 from diffusers_agdm.utils import sample_size
+from diffusers_agdm.utils.flags import ArgumentParser
+from diffusers_agdm.utils.schedule import start_timestep
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--pretrained_model_name_or_path", type=str, required=True,
                         help="A diffusion pipeline (folder or Hub id) with a UNet and a scheduler.")
     parser.add_argument("--classifier_name_or_path", type=str, default=None,
@@ -48,25 +50,27 @@ def parse_args(argv=None):
     g = parser.add_argument_group("guidance network")
     g.add_argument("--block_out_channels", type=comma_list(int_at_least(1)), default=(32, 64, 128),
                    help="Widths of the blocks, comma-separated (e.g. 32,64,128).")
-    g.add_argument("--feature_dim", type=int_at_least(1), default=128)
+    g.add_argument("--feature_dim", type=int_at_least(1), default=128, help="Width of the feature vector h(x_t, t).")
     g.add_argument("--norm_num_groups", type=int_at_least(1), default=8, help="Must divide every block width.")
     a = parser.add_argument_group("adversarial loss (TRADES on diffused inputs)")
     a.add_argument("--beta", type=finite(0), default=6.0, help="Weight of the KL term.")
-    a.add_argument("--norm", type=str, default="Linf", choices=["Linf", "L2"])
+    a.add_argument("--norm", type=str, default="Linf", choices=["Linf", "L2"],
+                   help="Norm of the training attack's threat model.")
     a.add_argument("--eps", type=finite(0, inclusive_min=False), default=0.3,
-                   help="Radius of the PGD ball, images in [0, 1].")
-    a.add_argument("--pgd_step_size", type=finite(0, inclusive_min=False), default=0.05)
-    a.add_argument("--pgd_steps", type=int_at_least(1), default=10)
+                   help="Radius of the training attack's ball, images in [0, 1].")
+    # The attack budget is named as in `agdm evaluate` (--steps, --step_size); the PGD-prefixed names stay.
+    a.add_argument("--step_size", "--pgd_step_size", dest="pgd_step_size", type=finite(0, inclusive_min=False),
+                   default=0.05, help="Step of the training attack (PGD on the KL term).")
+    a.add_argument("--steps", "--pgd_steps", dest="pgd_steps", type=int_at_least(1), default=10,
+                   help="Iterations of the training attack.")
     a.add_argument("--t_max", type=int_at_least(0), default=None,
                    help="Largest training timestep (default: the pipeline's purification strength x schedule).")
     a.add_argument("--feature_weight", type=finite(0), default=0.0,
                    help="Weight of the feature-consistency term ||h(x~_t) - h(x_t)||^2 (off by default).")
     p = parser.add_argument_group("purification defaults saved with the pipeline")
-    p.add_argument("--strength", type=finite(0, 1, inclusive_min=False), default=None,
-                   help="t* as a fraction of the schedule, in (0, 1]. Default: the source pipeline's, else 0.2.")
-    p.add_argument("--num_inference_steps", type=int_at_least(1), default=None,
-                   help="Default: the source's, else 10.")
-    p.add_argument("--guidance_scale", type=finite(0), default=30.0, help="Latent guidance scale, >= 0.")
+    add_purification_arguments(p, ("strength", "num_inference_steps"), default_help="the source pipeline's, else "
+                               "the untuned default")
+    add_purification_arguments(p, ("guidance_scale",), defaults=UNTUNED_DEFAULTS)
     return parse_training_args(parser, argv, __file__, check=_check_args)
 
 
@@ -88,12 +92,12 @@ def main(argv=None):
                   else getattr(source, "classifier", None))
     if classifier is not None:
         classifier.requires_grad_(False)
-    strength = _first_set(args.strength, getattr(source.config, "strength", None), 0.2)
-    num_inference_steps = _first_set(args.num_inference_steps, getattr(source.config, "num_inference_steps", None), 10)
+    strength = _first_set(args.strength, getattr(source.config, "strength", None), UNTUNED_DEFAULTS["strength"])
+    num_inference_steps = _first_set(args.num_inference_steps, getattr(source.config, "num_inference_steps", None),
+                                     UNTUNED_DEFAULTS["num_inference_steps"])
     num_train_timesteps = scheduler.config.num_train_timesteps
     check_steps_fit(strength, num_inference_steps, num_train_timesteps)  # before the data and the loop
-    t_max = args.t_max if args.t_max is not None else min(int(round(strength * num_train_timesteps)),
-                                                          num_train_timesteps - 1)
+    t_max = args.t_max if args.t_max is not None else start_timestep(strength, num_train_timesteps)
     if not 0 <= t_max < num_train_timesteps:
         raise ValueError(f"--t_max must be in [0, {num_train_timesteps - 1}], got {t_max}.")
     size = sample_size(unet)

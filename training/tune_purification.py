@@ -31,7 +31,9 @@ from diffusers_agdm.data.datasets import is_test_split
 from diffusers_agdm.evaluation import SCORES, EvaluationConfig, evaluate
 from diffusers_agdm.evaluation.seeds import derive_seed
 from diffusers_agdm.loading import load_classifier
+from diffusers_agdm.settings_table import UNTUNED_DEFAULTS, add_purification_arguments
 from diffusers_agdm.training.argtypes import check_model_source, finite, int_at_least
+from diffusers_agdm.utils.flags import ArgumentParser
 from diffusers_agdm.utils.io import atomic_write_json
 from diffusers_agdm.utils.paths import check_output_dir
 
@@ -41,8 +43,9 @@ DEFAULTS = EvaluationConfig()
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", "--pretrained_model_name_or_path", dest="pipeline", required=True,
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--pretrained_model_name_or_path", "--pipeline", dest="pipeline", metavar="PIPELINE",
+                        required=True,
                         help="The trained pipeline (folder or Hub id) to tune.")
     parser.add_argument("--classifier_name_or_path", default=None, help="replace the pipeline's classifier")
     parser.add_argument("--dataset_name", "--dataset", dest="dataset", default="mnist",
@@ -53,8 +56,7 @@ def parse_args(argv=None):
                              "test split are optimistic by selection).")
     parser.add_argument("--strengths", type=finite(0, 1, inclusive_min=False), nargs="+", default=[0.15, 0.2, 0.3],
                         help="Candidate t*, each in (0, 1].")
-    parser.add_argument("--num_inference_steps", type=int_at_least(1), default=10,
-                        help="Reverse (purification) steps of every setting.")
+    add_purification_arguments(parser, ("num_inference_steps",), defaults=UNTUNED_DEFAULTS)  # (every setting's)
     parser.add_argument("--latent_scales", type=finite(0), nargs="+", default=[30.0, 100.0, 300.0],
                         help="Candidate latent guidance scales, each >= 0.")
     parser.add_argument("--pixel_scales", type=finite(0), nargs="+", default=[1.0, 10.0],
@@ -63,8 +65,9 @@ def parse_args(argv=None):
                         help="Least clean accuracy (correct in all K runs), in [0, 1], a chosen setting must keep.")
     parser.add_argument("--robust_images", type=int_at_least(1), default=48,
                         help="Images of the split attacked per setting.")
-    parser.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
-    parser.add_argument("--eps", type=finite(0, inclusive_min=False), default=0.3)
+    parser.add_argument("--norm", default=DEFAULTS.norm, choices=["Linf", "L2"], help="The threat model's norm.")
+    parser.add_argument("--eps", type=finite(0, inclusive_min=False), default=DEFAULTS.eps,
+                        help="The threat model's radius, in [0, 1] pixel units (MNIST: Linf 0.3, L2 2.0).")
     parser.add_argument("--attack", default="apgd", choices=TUNING_ATTACKS,
                         help="The exact-gradient attack every setting is tuned under (as in `agdm evaluate`).")
     parser.add_argument("--steps", type=int_at_least(1), default=DEFAULTS.steps,
@@ -73,12 +76,14 @@ def parse_args(argv=None):
                         help="Untargeted APGD runs per image.")
     parser.add_argument("--targeted_restarts", type=int_at_least(0), default=DEFAULTS.targeted_restarts,
                         help="APGD runs targeted at the next most likely classes.")
-    parser.add_argument("--eot_samples", type=int_at_least(1), default=DEFAULTS.eot_samples)
+    parser.add_argument("--eot_samples", type=int_at_least(1), default=DEFAULTS.eot_samples,
+                        help="Defense runs averaged per gradient (EOT).")
     parser.add_argument("--loss", default=DEFAULTS.loss, choices=LOSSES, help="The attack loss.")
     parser.add_argument("--rescore_runs", type=int_at_least(1), default=DEFAULTS.rescore_runs,
                         help="K: fresh defense runs each clean and adversarial image is scored over.")
-    parser.add_argument("--batch_size", type=int_at_least(1), default=16)
-    parser.add_argument("--seed", type=int_at_least(0), default=0)
+    parser.add_argument("--batch_size", type=int_at_least(1), default=DEFAULTS.batch_size,
+                        help="Images per chunk of work.")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="Seed of the attacks and the defense runs.")
     parser.add_argument("--output_dir", required=True, help="where the tuned pipeline and tuning.json go")
     parser.add_argument("--work_dir", default=None,
                         help="Where each setting's evaluation report and finished units go (outside --output_dir, "

@@ -1,9 +1,10 @@
 """The `agdm` subcommands, one module each, shaped like Diffusers' own `diffusers/commands/`: a command class
 registers its parser with `register_subcommand` and does its work in `run`.
 
-Module-level imports here and in every command module are the standard library only: `agdm --help` and
-`agdm --version` must not pay for torch. Each command imports what it needs inside `run` (and `evaluate` inside
-`register_subcommand`, for its defaults).
+Module-level imports here and in every command module are the standard library and the package's torch-free
+modules only (the settings table, `utils.flags`): `agdm --help`, `agdm --version` and `agdm <command> --help` must
+not pay for torch (benchmarks/help_time.py measures it). Each command imports what it needs inside `run`
+(`evaluate` reads `EvaluationConfig`'s fields, which load without torch, inside `register_subcommand`).
 """
 
 import argparse
@@ -46,8 +47,9 @@ class BaseAgdmCLICommand(ABC):
 
 
 def add_pipeline_argument(parser) -> None:
-    parser.add_argument("--pipeline", default=None,
-                        help="pipeline folder or Hub id (default: the embedded MNIST pipeline)")
+    # The training scripts' name first; `--pipeline` stays as the short alias.
+    parser.add_argument("--pretrained_model_name_or_path", "--pipeline", dest="pipeline", metavar="PIPELINE",
+                        default=None, help="pipeline folder or Hub id (default: the embedded MNIST pipeline)")
 
 
 def add_num_threads_argument(parser) -> None:
@@ -79,33 +81,17 @@ def set_num_threads(requested: int | None) -> int:
 
 
 def check_pipeline_source(name_or_path: str | None) -> None:
-    """A local `--pipeline` must be a pipeline folder; say so before Diffusers' longer messages."""
-    from pathlib import Path
+    """A `--pipeline` must be a folder of our pipeline or a Hub id; say so before Diffusers' longer messages."""
+    from ..utils.paths import check_model_source
 
-    if name_or_path is None:
-        return
-    path = Path(name_or_path)
-    if path.is_dir() and not (path / "model_index.json").is_file():
-        raise ValueError(f"--pipeline {path} is not a pipeline folder: it has no model_index.json.")
-    if path.is_dir():
-        import json
-
-        try:
-            class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
-        except (OSError, ValueError, AttributeError) as err:
-            raise ValueError(f"--pipeline {path}: cannot read its model_index.json ({err}).") from err
-        if class_name != PIPELINE_CLASS_NAME:
-            raise ValueError(f"--pipeline {path} holds a {class_name}, not an {PIPELINE_CLASS_NAME}.")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--pipeline {path} is a file; give a pipeline folder or a Hub id.")
-    if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
-        raise ValueError(f"--pipeline {path}: no such folder.")
+    if name_or_path is not None:
+        check_model_source("--pipeline", name_or_path, class_name=PIPELINE_CLASS_NAME)
 
 
 def load_pipeline(name_or_path: str | None):
     """The one place a command loads a pipeline: checked first, and any loading failure (offline Hub, not one of
     our pipelines, ...) becomes a one-line `ValueError` naming the source."""
-    from ..pretrained import load_pipeline as load
+    from ..default_pipeline import load_pipeline as load
 
     check_pipeline_source(name_or_path)
     source = name_or_path or "the embedded default"

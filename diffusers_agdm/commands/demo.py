@@ -2,6 +2,7 @@
 
 import argparse
 
+from ..utils.flags import HelpFormatter
 from . import (
     EXIT_OK,
     BaseAgdmCLICommand,
@@ -23,12 +24,13 @@ class DemoCommand(BaseAgdmCLICommand):
             description="Serve the demo: draw or upload a digit, pick eps, attack it with exact-gradient PGD against "
                         "the bare classifier and each defense, and see clean / adversarial / purified side by side "
                         "with the K-run votes. The same app file runs as a Hugging Face Space.",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            formatter_class=HelpFormatter, allow_abbrev=False)
         add_pipeline_argument(parser)
         parser.add_argument("--server_name", default="127.0.0.1",
                             help="the address to serve on (0.0.0.0 makes it reachable from your network)")
         parser.add_argument("--server_port", type=int, default=7860, help="the port to serve on")
-        parser.add_argument("--attack_steps", type=int, default=5, help="the PGD steps the app starts with")
+        parser.add_argument("--steps", "--attack_steps", dest="attack_steps", type=int, default=5,
+                            help="the PGD steps the app starts with (the attack budget, named as in `agdm evaluate`)")
         parser.add_argument("--share", action=argparse.BooleanOptionalAction, default=False,
                             help="also open a temporary public gradio.live link")
         add_num_threads_argument(parser)
@@ -40,7 +42,8 @@ class DemoCommand(BaseAgdmCLICommand):
 
         args = self.args
         if not 1 <= args.attack_steps <= 20:
-            raise ValueError(f"--attack_steps must be in [1, 20] (the app's slider), got {args.attack_steps}.")
+            raise ValueError(f"--steps (--attack_steps) must be in [1, 20] (the app's slider), got "
+                             f"{args.attack_steps}.")
         if not 0 < args.server_port < 65536:
             raise ValueError(f"--server_port must be a port number, got {args.server_port}.")
         try:

@@ -4,6 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..utils.flags import HelpFormatter
 from . import EXIT_OK, BaseAgdmCLICommand, add_pipeline_argument, load_pipeline
 
 
@@ -14,7 +15,7 @@ class InfoCommand(BaseAgdmCLICommand):
     @classmethod
     def register_subcommand(cls, subparsers):
         parser = subparsers.add_parser(cls.name, help=cls.help, description=cls.help,
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                       formatter_class=HelpFormatter, allow_abbrev=False)
         add_pipeline_argument(parser)
         parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                             help="print JSON instead of text")
@@ -22,7 +23,7 @@ class InfoCommand(BaseAgdmCLICommand):
         return parser
 
     def run(self) -> int:
-        from ..pretrained import default_pipeline_path
+        from ..default_pipeline import default_pipeline_path
 
         args = self.args
         pipe = load_pipeline(args.pipeline)

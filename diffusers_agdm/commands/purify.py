@@ -1,9 +1,10 @@
 """`agdm purify`: purify image files and write them with a side-by-side comparison."""
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
+from ..settings_table import add_purification_arguments, purification_overrides
+from ..utils.flags import HelpFormatter
 from . import (
     EXIT_OK,
     BaseAgdmCLICommand,
@@ -27,21 +28,12 @@ class PurifyCommand(BaseAgdmCLICommand):
             description="Purify images (PNG/JPEG files of the pipeline's size) and write <name>_purified.png for "
                         "each to --output_dir (inputs with the same name get distinct numbered outputs), plus "
                         "comparison.png: input above, purified below, with the classifier's predictions.",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            formatter_class=HelpFormatter, allow_abbrev=False)
         parser.add_argument("images", nargs="+", help="image files")
         parser.add_argument("--output_dir", default="outputs/purified",
                             help="folder for the purified images and comparison.png")
         add_pipeline_argument(parser)
-        parser.add_argument("--guidance", default=None, choices=("latent", "pixel", "none"),
-                            help="latent (AGDM), pixel (GDMP-style) or none (DiffPure-style); default: the "
-                                 "pipeline's")
-        parser.add_argument("--guidance_scale", type=float, default=None,
-                            help="the latent guidance scale; default: the pipeline's")
-        parser.add_argument("--pixel_guidance_scale", type=float, default=None,
-                            help="the pixel guidance scale (with --guidance pixel); default: the pipeline's")
-        parser.add_argument("--strength", type=float, default=None, help="t* as a fraction; default: the pipeline's")
-        parser.add_argument("--num_inference_steps", type=int, default=None,
-                            help="reverse steps from t* to 0; default: the pipeline's")
+        add_purification_arguments(parser)
         parser.add_argument("--seed", type=int, default=0, help="seed of the purification noise")
         add_num_threads_argument(parser)
         parser.set_defaults(func=cls)
@@ -65,9 +57,7 @@ class PurifyCommand(BaseAgdmCLICommand):
         pipe = load_pipeline(args.pipeline)
         mode = "L" if pipe.unet.config.in_channels == 1 else "RGB"
         inputs = [image.convert(mode) for image in inputs]
-        overrides = {key: getattr(args, key) for key in ("guidance", "guidance_scale", "pixel_guidance_scale",
-                                                         "strength", "num_inference_steps")
-                     if getattr(args, key) is not None}
+        overrides = purification_overrides(args)
         out = pipe(inputs, generator=torch.Generator().manual_seed(args.seed), output_type="pil", **overrides)
         before = None
         if pipe.classifier is not None:

@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from ..utils.flags import HelpFormatter
 from . import EXIT_OK, BaseAgdmCLICommand, add_pipeline_argument, load_pipeline
 
 
@@ -16,11 +17,12 @@ class PushCommand(BaseAgdmCLICommand):
             cls.name, help=cls.help,
             description="Upload a saved pipeline (safetensors) and its README.md model card to a Hub repo; a folder "
                         "without a card gets one generated from the project's template.",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            formatter_class=HelpFormatter, allow_abbrev=False)
         add_pipeline_argument(parser)
         parser.add_argument("--hub_model_id", required=True, help="the Hub repo to push to, e.g. your-name/agdm-mnist")
         parser.add_argument("--hub_token", default=None, help="a Hub token (default: the one `hf auth login` saved)")
-        parser.add_argument("--private", action=argparse.BooleanOptionalAction, default=None,
+        parser.add_argument("--hub_private_repo", "--private", dest="private", action=argparse.BooleanOptionalAction,
+                            default=None,
                             help="create the repo private (default: the Hub's default; an existing repo keeps its "
                                  "visibility)")
         parser.add_argument("--commit_message", default="Upload AGDM purification pipeline",
@@ -34,14 +36,13 @@ class PushCommand(BaseAgdmCLICommand):
         import shutil
         import tempfile
 
+        from ..default_pipeline import default_pipeline_path
         from ..hub import make_model_card, push_folder_to_hub
-        from ..pretrained import default_pipeline_path
+        from ..utils.paths import check_model_source
 
         args = self.args
         folder = default_pipeline_path() if args.pipeline is None else Path(args.pipeline)
-        if not (folder / "model_index.json").is_file():
-            raise ValueError(f"{folder} is not a saved pipeline folder (no model_index.json); `agdm push` uploads a "
-                             "local folder.")
+        check_model_source("--pipeline", folder, local_only=True)  # `agdm push` uploads a local folder
         if args.hub_model_id.count("/") > 1 or not args.hub_model_id.strip("/"):
             raise ValueError(f"--hub_model_id {args.hub_model_id!r} is not a repo id (name or owner/name).")
         with tempfile.TemporaryDirectory() as tmp:

@@ -3,59 +3,61 @@ Robustness evaluation of purification defenses: [`evaluate`] (and `agdm evaluate
 unguided purification, pixel guidance and latent guidance under exact-gradient APGD-EOT (with restarts and a
 guidance-target variant), PGD, the BPDA and surrogate baselines and AutoAttack, with clean-and-robust scoring over K
 defense runs, convergence and sanity checks, JSON / markdown reports and plots, and resumable runs.
+
+The names below load on first use (as the package's top level does), so that `agdm evaluate --help` can read
+[`EvaluationConfig`]'s fields without importing torch.
 """
 
-from .aggregation import Aggregate, Records, wilson_interval
-from .checks import sanity_checks
-from .config import ATTACK_TITLES, ATTACKS, CONVERGENCE_AXES, SCORES, EvaluationConfig
-from .defenses import DEFENSE_TITLES, DEFENSES, DefenseSpec, UndefendedClassifier, defense_specs
-from .planning import EvaluationPlan, Job, Unit, share_units, unit_cost
-from .report import markdown_report, results_table, write_outputs
-from .runner import EvaluationResult, SanityCheckError, check_output_dir, evaluate
-from .sanity import (
-    SanityCheck,
-    check_converged,
-    check_gradient,
-    check_huge_eps,
-    check_no_rise,
-    check_undefended_collapse,
-    format_sanity_block,
-)
-from .seeds import derive_seed
+import importlib
 
-__all__ = [
-    "ATTACKS",
-    "ATTACK_TITLES",
-    "Aggregate",
-    "CONVERGENCE_AXES",
-    "DEFENSES",
-    "DEFENSE_TITLES",
-    "DefenseSpec",
-    "EvaluationConfig",
-    "EvaluationPlan",
-    "EvaluationResult",
-    "Job",
-    "Records",
-    "SCORES",
-    "SanityCheck",
-    "SanityCheckError",
-    "Unit",
-    "UndefendedClassifier",
-    "check_converged",
-    "check_gradient",
-    "check_huge_eps",
-    "check_no_rise",
-    "check_output_dir",
-    "check_undefended_collapse",
-    "defense_specs",
-    "derive_seed",
-    "evaluate",
-    "format_sanity_block",
-    "markdown_report",
-    "results_table",
-    "sanity_checks",
-    "share_units",
-    "unit_cost",
-    "wilson_interval",
-    "write_outputs",
-]
+_LAZY = {
+    "Aggregate": ".aggregation",
+    "Records": ".aggregation",
+    "wilson_interval": ".aggregation",
+    "sanity_checks": ".checks",
+    "ATTACK_TITLES": ".config",
+    "ATTACKS": ".config",
+    "CONVERGENCE_AXES": ".config",
+    "SCORES": ".config",
+    "EvaluationConfig": ".config",
+    "DEFENSE_TITLES": ".defenses",
+    "DEFENSES": ".defenses",
+    "DefenseSpec": ".defenses",
+    "UndefendedClassifier": ".defenses",
+    "defense_specs": ".defenses",
+    "EvaluationPlan": ".planning",
+    "Job": ".planning",
+    "Unit": ".planning",
+    "share_units": ".planning",
+    "unit_cost": ".planning",
+    "markdown_report": ".report",
+    "results_table": ".report",
+    "write_outputs": ".report",
+    "EvaluationResult": ".runner",
+    "SanityCheckError": ".runner",
+    "check_output_dir": ".runner",
+    "evaluate": ".runner",
+    "SanityCheck": ".sanity",
+    "check_converged": ".sanity",
+    "check_gradient": ".sanity",
+    "check_huge_eps": ".sanity",
+    "check_no_rise": ".sanity",
+    "check_undefended_collapse": ".sanity",
+    "format_sanity_block": ".sanity",
+    "derive_seed": ".seeds",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

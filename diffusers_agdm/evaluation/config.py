@@ -1,10 +1,13 @@
 """The settings of an evaluation, validated once: [`EvaluationConfig`], and the names of attacks and scores."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-from ..attacks import LOSSES, check_budget, default_step_size
+from ..settings_table import OPTIONS
 from ..utils.validation import check_finite, check_int
-from .defenses import DEFENSES
+
+# Standard library only at import (the attacks load in `validate`): `agdm evaluate --help` builds its flags from
+# these fields without torch.
+DEFENSES = ("undefended", "none", "pixel", "latent")
 
 ATTACKS = ("apgd", "apgd-guidance", "pgd", "bpda", "surrogate", "autoattack-rand", "autoattack-standard")
 ATTACK_TITLES = {
@@ -36,7 +39,9 @@ UNDEFENDED_MAX_ACCURACY = {"Linf": 0.01, "L2": 0.02}
 @dataclass
 class EvaluationConfig:
     r"""
-    Every setting of an evaluation; all of them are written to `results.json`.
+    Every setting of an evaluation; all of them are written to `results.json`. Each field's `metadata["help"]` is
+    the help of its `agdm evaluate` flag, which is generated from the field
+    ([`~diffusers_agdm.utils.flags.add_dataclass_arguments`]).
 
     Args:
         attacks: Attacks to run, from `ATTACKS` (default: both APGD rows). `apgd` is exact-gradient APGD-EOT through
@@ -79,48 +84,87 @@ class EvaluationConfig:
         show_progress_bar: A progress bar over the attack iterations (main process only).
     """
 
-    attacks: tuple[str, ...] = ("apgd", "apgd-guidance")
-    defenses: tuple[str, ...] = DEFENSES
-    norm: str = "Linf"
-    eps: float = 0.3
-    eps_grid: tuple[float, ...] = ()
+    attacks: tuple[str, ...] = field(default=("apgd", "apgd-guidance"), metadata={
+        "help": f"comma-separated, from {', '.join(ATTACKS)}", "group": "threat"})
+    defenses: tuple[str, ...] = field(default=DEFENSES, metadata={
+        "help": f"comma-separated, from {', '.join(DEFENSES)}", "group": "threat"})
+    norm: str = field(default="Linf", metadata={"help": "the threat model's norm", "choices": ("Linf", "L2"),
+                                                "group": "threat"})
+    eps: float = field(default=0.3, metadata={"help": "in [0, 1] pixel units (MNIST: Linf 0.3, L2 2.0)",
+                                              "group": "threat"})
+    eps_grid: tuple[float, ...] = field(default=(), metadata={
+        "help": "more eps values for the accuracy-vs-eps plot", "nargs": "*", "group": "threat"})
     # The default budget: 50 iterations x (1 untargeted + 3 targeted runs), EOT 1 = 200 gradient evaluations per image
     # (see benchmarks/RESULTS.md: at 100 evaluations the targeted runs leave the undefended default at 1.6% under
     # L2 2.0 where 100 untargeted iterations leave 7.8%).
-    steps: int = 50
-    restarts: int = 1
-    targeted_restarts: int = 3
-    eot_samples: int = 1
-    eot_batch: int | None = None
-    loss: str = "margin"
-    step_size: float | None = None
-    random_start: bool = True
-    guidance_weight: float = 1.0
-    surrogate_steps: int | None = None
-    autoattack_steps: int = 100
-    autoattack_eot_iter: int = 20
-    autoattack_square_queries: int = 5000
-    rescore_runs: int = 5
-    seeds: tuple[int, ...] = (0,)
-    batch_size: int = 16
-    strength: float | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    pixel_guidance_scale: float | None = None
-    feature_weight: float | None = None
-    class_guidance: bool | None = None
-    guidance_target: str | None = None
-    sanity_images: int = 64
-    convergence_checks: tuple[str, ...] = ("steps",)
-    convergence_tolerance: float = 0.02
-    huge_eps: float = 1.0
-    gradient_check: bool = True
-    num_examples: int = 6
-    allow_failed_sanity: bool = False
-    show_progress_bar: bool = True
+    steps: int = field(default=50, metadata={
+        "help": "iterations of each attack run (apgd, apgd-guidance, pgd, bpda, surrogate)", "group": "threat"})
+    restarts: int = field(default=1, metadata={"help": "untargeted APGD runs per image", "group": "threat"})
+    targeted_restarts: int = field(default=3, metadata={
+        "help": "APGD runs targeted at the next most likely classes (APGD-T)", "group": "threat"})
+    eot_samples: int = field(default=1, metadata={"help": "defense runs averaged per gradient (EOT)",
+                                                  "group": "threat"})
+    eot_batch: int | None = field(default=None, metadata={
+        "help": "EOT draws per model call (default: all at once)", "group": "threat"})
+    loss: str = field(default="margin", metadata={"help": "the loss the attacks ascend: ce, margin or dlr",
+                                                  "group": "threat"})
+    step_size: float | None = field(default=None, metadata={
+        "help": "PGD's fixed step (default: 2.5 * eps / steps; APGD adapts its own)", "group": "threat"})
+    random_start: bool = field(default=True, metadata={
+        "help": "start PGD at a random point of the eps-ball (--no-random_start: at the clean image)",
+        "group": "threat"})
+    guidance_weight: float = field(default=1.0, metadata={
+        "help": "weight of the guidance-target term of apgd-guidance", "group": "threat"})
+    surrogate_steps: int | None = field(default=None, metadata={
+        "help": "reverse steps of the surrogate process (default: half the defense's)", "group": "threat"})
+    autoattack_steps: int = field(default=100, metadata={"help": "AutoAttack's APGD iterations", "group": "threat"})
+    autoattack_eot_iter: int = field(default=20, metadata={
+        "help": "EOT samples per gradient in AutoAttack's 'rand' version", "group": "threat"})
+    autoattack_square_queries: int = field(default=5000, metadata={
+        "help": "queries of AutoAttack's Square attack", "group": "threat"})
+    rescore_runs: int = field(default=5, metadata={
+        "help": "K: fresh defense runs each image is scored over (all K / majority of K)", "group": "threat"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={
+        "help": "one evaluation per seed; mean and std over seeds (--seed N: just N)", "aliases": ("seed",),
+        "metavar": "SEED", "group": "threat"})
+    batch_size: int = field(default=16, metadata={
+        "help": "images per chunk of work (results depend on it, not on the number of processes)", "group": "threat"})
+    # Purification settings: None = the pipeline's config; their flags and help come from the settings table.
+    strength: float | None = field(default=None, metadata={"help": OPTIONS["strength"].help, "purification": True})
+    num_inference_steps: int | None = field(default=None, metadata={"help": OPTIONS["num_inference_steps"].help,
+                                                                    "purification": True})
+    guidance_scale: float | None = field(default=None, metadata={"help": OPTIONS["guidance_scale"].help,
+                                                                 "purification": True})
+    pixel_guidance_scale: float | None = field(default=None, metadata={"help": OPTIONS["pixel_guidance_scale"].help,
+                                                                       "purification": True})
+    feature_weight: float | None = field(default=None, metadata={"help": OPTIONS["feature_weight"].help,
+                                                                 "purification": True})
+    class_guidance: bool | None = field(default=None, metadata={"help": OPTIONS["class_guidance"].help,
+                                                                "purification": True})
+    guidance_target: str | None = field(default=None, metadata={"help": OPTIONS["guidance_target"].help,
+                                                                "purification": True})
+    sanity_images: int = field(default=64, metadata={
+        "help": "images for the costly checks (convergence, huge eps); 0 skips them", "group": "sanity"})
+    convergence_checks: tuple[str, ...] = field(default=("steps",), metadata={
+        "help": f"budgets doubled to test that the attack converged, from {', '.join(CONVERGENCE_AXES)} (none given: "
+                "skip)", "nargs": "*", "group": "sanity"})
+    convergence_tolerance: float = field(default=0.02, metadata={
+        "help": "how far robust accuracy may fall when a budget doubles before the report says 'attack not "
+                "converged'", "group": "sanity"})
+    huge_eps: float = field(default=1.0, metadata={"help": "the Linf eps at which every defense must fall to chance",
+                                                   "group": "sanity"})
+    gradient_check: bool = field(default=True, metadata={
+        "help": "compare each defense's gradient with finite differences", "group": "sanity"})
+    num_examples: int = field(default=6, metadata={"help": "images shown in examples_grid.png", "group": "output"})
+    allow_failed_sanity: bool = field(default=False, metadata={
+        "help": "exit 0 even when a sanity check fails (the report still says FAILED)", "group": "sanity"})
+    show_progress_bar: bool = field(default=True, metadata={"help": "show a progress bar", "flag": "progress_bar",
+                                                            "group": "output"})
 
     def validate(self) -> None:
         """Raise a `ValueError` naming the first bad setting."""
+        from ..attacks import LOSSES, check_budget
+
         for name in ("attacks", "defenses", "eps_grid", "seeds", "convergence_checks"):
             setattr(self, name, tuple(getattr(self, name)))
         if not self.attacks:
@@ -176,6 +220,8 @@ class EvaluationConfig:
     @property
     def pgd_step_size(self) -> float:
         """PGD's step size at the nominal eps."""
+        from ..attacks import default_step_size
+
         return self.step_size if self.step_size is not None else default_step_size(self.eps, self.steps)
 
     @property

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ..settings import PurificationSettings
+from .config import DEFENSES  # noqa: F401  (the names live with the config, which loads without torch)
 
-DEFENSES = ("undefended", "none", "pixel", "latent")
 DEFENSE_TITLES = {
     "undefended": "undefended classifier",
     "none": "unguided purification (DiffPure-style)",

@@ -16,14 +16,15 @@ from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..guided_step import GUIDANCE_MODES, GuidanceSettings, GuidedReverseStep, replayed_step
+from ..guided_step import GuidanceSettings, GuidedReverseStep, replayed_step
 from ..hub import push_pipeline_to_hub
 from ..loading import check_component_folders
 from ..models.guidance import GuidanceModel
 from ..settings import PurificationSettings
+from ..settings_table import UNTUNED_DEFAULTS, check_option, scale_option
 from ..utils.diffusion import diffuse
 from ..utils.models import sample_size as model_sample_size
-from ..utils.schedule import is_fixed_stride, scheduler_for
+from ..utils.schedule import is_fixed_stride, purification_timesteps, scheduler_for
 from .components import COMPONENT_NAMES, check_components, logits_of
 from .inputs import check_image_input
 
@@ -69,7 +70,7 @@ class AdversarialGuidedPurificationPipelineOutput(BaseOutput):
     labels: torch.Tensor | None = None
 
 
-AdversarialPurificationPipelineOutput = AdversarialGuidedPurificationPipelineOutput  # the name before 0.2
+AdversarialPurificationPipelineOutput = AdversarialGuidedPurificationPipelineOutput  # a shorter alias
 
 class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
     r"""
@@ -94,7 +95,8 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             the classifier expects.
         strength, num_inference_steps, guidance_mode, feature_weight, class_guidance, guidance_target, eta: The
             purification defaults, saved in `model_index.json` so that a published pipeline carries the settings it
-            was tuned and evaluated with. Each can be overridden per call.
+            was tuned and evaluated with. Each can be overridden per call. Unset, they are the untuned defaults of
+            [`~diffusers_agdm.settings_table.UNTUNED_DEFAULTS`].
         guidance_scale: The default scale of `guidance="latent"` (AGDM).
         pixel_guidance_scale: The default scale of `guidance="pixel"` (the GDMP-style baseline): a pixel distance
             needs another scale than the latent one, so the baseline keeps its own tuned value.
@@ -111,15 +113,15 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         guidance: GuidanceModel | None = None,
         classifier=None,
         feature_extractor=None,
-        strength: float = 0.1,
-        num_inference_steps: int = 10,
-        guidance_scale: float = 30.0,
-        guidance_mode: str = "latent",
-        pixel_guidance_scale: float = 1.0,
-        feature_weight: float = 1.0,
-        class_guidance: bool = True,
-        guidance_target: str = "diffused",
-        eta: float = 0.0,
+        strength: float = UNTUNED_DEFAULTS["strength"],
+        num_inference_steps: int = UNTUNED_DEFAULTS["num_inference_steps"],
+        guidance_scale: float = UNTUNED_DEFAULTS["guidance_scale"],
+        guidance_mode: str = UNTUNED_DEFAULTS["guidance_mode"],
+        pixel_guidance_scale: float = UNTUNED_DEFAULTS["pixel_guidance_scale"],
+        feature_weight: float = UNTUNED_DEFAULTS["feature_weight"],
+        class_guidance: bool = UNTUNED_DEFAULTS["class_guidance"],
+        guidance_target: str = UNTUNED_DEFAULTS["guidance_target"],
+        eta: float = UNTUNED_DEFAULTS["eta"],
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, guidance=guidance, classifier=classifier,
@@ -187,28 +189,22 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         is unguided whatever the scale.
         """
         cfg = self.config
-        mode = cfg.guidance_mode if guidance is None else guidance
-        if mode not in GUIDANCE_MODES:
-            raise ValueError(f"Unknown guidance {mode!r}; choose one of {GUIDANCE_MODES}.")
-        if mode == "pixel" and guidance_scale is not None:
-            raise ValueError("`guidance_scale` is the latent guidance scale; for guidance='pixel' pass "
-                             f"`pixel_guidance_scale` (this pipeline's default: {cfg.pixel_guidance_scale:g}).")
-        if mode == "latent" and pixel_guidance_scale is not None:
-            raise ValueError("`pixel_guidance_scale` applies to guidance='pixel' only; for guidance='latent' pass "
-                             f"`guidance_scale` (this pipeline's default: {cfg.guidance_scale:g}).")
-        if mode == "none":
-            scale = 0.0
-        elif mode == "pixel":
-            scale = cfg.pixel_guidance_scale if pixel_guidance_scale is None else pixel_guidance_scale
-        else:
-            scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
+        mode = check_option("guidance", cfg.guidance_mode if guidance is None else guidance)
+        given = {"guidance_scale": guidance_scale, "pixel_guidance_scale": pixel_guidance_scale}
+        scale_name = scale_option(mode)
+        other = next(name for name in given if name != scale_name)
+        if given[other] is not None and mode != "none":
+            raise ValueError(f"`{other}` is the {'pixel' if other.startswith('pixel') else 'latent'} guidance "
+                             f"scale; for guidance={mode!r} pass `{scale_name}` (this pipeline's default: "
+                             f"{cfg[scale_name]:g}).")
+        scale = 0.0 if mode == "none" else cfg[scale_name] if given[scale_name] is None else given[scale_name]
         guidance_settings = GuidanceSettings(
             mode=mode,
             scale=scale,
             feature_weight=cfg.feature_weight if feature_weight is None else feature_weight,
             class_guidance=cfg.class_guidance if class_guidance is None else class_guidance,
             target=cfg.guidance_target if guidance_target is None else guidance_target,
-        )
+        )  # validated as it is built
         guidance_settings.validate(has_guidance_model=self.guidance is not None)
         return PurificationSettings(
             strength=cfg.strength if strength is None else strength,
@@ -240,9 +236,10 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         gradient_checkpointing: bool = False,
     ) -> None:
-        """Every check on a call's inputs, before any work: the images (any form `__call__` takes), the settings,
-        the generators, the output type, the callback's tensor inputs and gradient checkpointing."""
-        batch_size = self._check_images(image)
+        """Every check on a call's inputs, run once per call before any work: the images (any form `__call__`
+        takes), the settings, the generators, the output type, the callback's tensor inputs and gradient
+        checkpointing."""
+        batch_size = check_image_input(image, self.unet.config.in_channels, self.sample_size)
         self.check_settings(settings)
         if isinstance(generator, list):
             if len(generator) != batch_size:
@@ -263,30 +260,19 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             raise ValueError(f"Per-step gradient checkpointing replays scheduler steps, which needs a stateless "
                              f"scheduler (DDPMScheduler, DDIMScheduler), not {type(self.scheduler).__name__}.")
 
-    def _check_images(self, image) -> int:
-        return check_image_input(image, self.unet.config.in_channels, self.sample_size)
-
-    def check_images(self, images: torch.Tensor) -> None:
-        """Raise a `ValueError` naming the problem unless `images` is a (B, C, H, W) float batch in [0, 1]."""
-        if not torch.is_tensor(images):
-            raise ValueError(f"Expected a torch.Tensor batch, got {type(images).__name__}.")
-        if images.ndim != 4:
-            raise ValueError(f"Images must have shape (batch, channels, height, width), got {tuple(images.shape)}.")
-        check_image_input(images, self.unet.config.in_channels, self.sample_size)
-
     # ------------------------------------------------------------------ schedule
-    def get_timesteps(self, strength: float, num_inference_steps: int, device=None) -> torch.Tensor:
+    def get_timesteps(self, num_inference_steps: int, strength: float, device=None) -> torch.Tensor:
         """
-        The reverse-process timesteps, highest first: `num_inference_steps` of them starting at t* =
-        round(`strength` x `num_train_timesteps`) whatever the number of steps (unlike img2img, which runs
-        int(`num_inference_steps` x `strength`) steps of a full schedule). `strength=0.1, num_inference_steps=100`
-        on a 1000-step DDPM starts at t = 100; more steps than t* + 1 is a `ValueError`. The input is diffused to
-        the first timestep. Computed without touching the scheduler; see
+        The reverse-process timesteps, highest first (img2img's argument order): `num_inference_steps` of them
+        starting at t* = round(`strength` x `num_train_timesteps`) whatever the number of steps (unlike img2img,
+        which runs int(`num_inference_steps` x `strength`) steps of a full schedule). `strength=0.1,
+        num_inference_steps=100` on a 1000-step DDPM starts at t = 100; more steps than t* + 1 is a `ValueError`.
+        The input is diffused to the first timestep. Computed without touching the scheduler; see
         [`~diffusers_agdm.utils.schedule.purification_timesteps`] for how DDIM's fixed stride is honoured.
         """
-        settings = self.resolve_settings(strength=strength, num_inference_steps=num_inference_steps,
-                                         guidance="none")
-        return torch.tensor(settings.timesteps, device=device)
+        timesteps = purification_timesteps(strength, num_inference_steps, self.scheduler.config.num_train_timesteps,
+                                           is_fixed_stride(self.scheduler))
+        return torch.tensor(timesteps, device=device)
 
     def prepare_latents(self, reference: torch.Tensor, first_timestep: int, generator=None):
         """x_{t*}: the images (in [-1, 1]) diffused to `first_timestep` with fresh noise from `generator`. Returns the
@@ -295,7 +281,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         return diffuse(reference, noise, self.scheduler.alphas_cumprod, first_timestep), noise
 
     @staticmethod
-    def _draw_step_seeds(generator, num_steps: int, batch_size: int) -> torch.Tensor:
+    def _draw_step_seeds(generator, num_steps: int) -> torch.Tensor:
         """One seed per reverse step (and per image for a list of generators), so a step can be replayed exactly."""
         high = 2**62
         if generator is None:
@@ -350,15 +336,22 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             raise ValueError(f"Pass either `settings` or overrides ({', '.join(sorted(overrides))}), not both; "
                              "`settings.replace(...)` makes a modified copy.")
         if not torch.is_tensor(images) or images.ndim != 4:
-            self.check_images(images)  # raises, naming what is wrong
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"`purify` takes a (batch, channels, height, width) torch.Tensor in [0, 1], got {shape}; "
+                             "`pipe(...)` takes PIL images and numpy arrays.")
         self.check_inputs(images, settings, generator=generator, gradient_checkpointing=gradient_checkpointing)
+        return self._purify(images, settings, generator, gradient_checkpointing, show_progress_bar, callback)
+
+    def _purify(self, images, settings, generator, gradient_checkpointing=False, show_progress_bar=False,
+                callback=None) -> torch.Tensor:
+        # `purify` without its checks: its callers (`purify`, `__call__`) ran `check_inputs` once already.
         device, dtype = self._execution_device, self.unet.dtype
         reference = images.to(device=device, dtype=dtype) * 2 - 1
-        timesteps = torch.tensor(settings.timesteps, device=device)
+        timesteps = self.get_timesteps(settings.num_inference_steps, settings.strength, device=device)
         scheduler = scheduler_for(self.scheduler, settings.timesteps, device=device)
 
         sample, start_noise = self.prepare_latents(reference, settings.first_timestep, generator)
-        step_seeds = self._draw_step_seeds(generator, len(timesteps), reference.shape[0])
+        step_seeds = self._draw_step_seeds(generator, len(timesteps))
         generator_device = generator[0].device if isinstance(generator, list) else (
             generator.device if generator is not None else torch.device("cpu"))
 
@@ -442,7 +435,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ the user-facing call
     def prepare_images(self, image) -> torch.Tensor:
         """Turn PIL images, numpy arrays (BHWC) or tensors (BCHW) in [0, 1] into one validated [0, 1] tensor batch."""
-        self._check_images(image)
+        check_image_input(image, self.unet.config.in_channels, self.sample_size)
         return self._to_tensor(image)
 
     def _to_tensor(self, image) -> torch.Tensor:
@@ -458,14 +451,15 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         strength: float | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        pixel_guidance_scale: float | None = None,
         guidance: str | None = None,
         feature_weight: float | None = None,
         class_guidance: bool | None = None,
         guidance_target: str | None = None,
+        eta: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        pixel_guidance_scale: float | None = None,
         settings: PurificationSettings | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
@@ -483,15 +477,17 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
                 from t* to 0 (at most t* + 1).
             guidance_scale (`float`, *optional*, defaults to `pipe.config.guidance_scale`): The latent (AGDM)
                 guidance scale; 0 = unguided. Not for `guidance="pixel"`, which takes `pixel_guidance_scale`.
+            pixel_guidance_scale (`float`, *optional*, defaults to `pipe.config.pixel_guidance_scale`): The scale of
+                `guidance="pixel"`.
             guidance (`str`, *optional*, defaults to `pipe.config.guidance_mode`): `"latent"` (AGDM), `"pixel"`
                 (GDMP-style) or `"none"` (DiffPure-style).
             feature_weight, class_guidance, guidance_target: See [`~PurificationSettings`] and docs/method.md.
+            eta (`float`, *optional*, defaults to `pipe.config.eta`): DDIM's eta (0 = deterministic reverse steps);
+                ignored by DDPM.
             generator (`torch.Generator` or a list of them, *optional*): For deterministic purification.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
-            return_dict (`bool`, defaults to `True`): Return an [`AdversarialGuidedPurificationPipelineOutput`] or a
-                tuple.
-            pixel_guidance_scale (`float`, *optional*, defaults to `pipe.config.pixel_guidance_scale`): The scale of
-                `guidance="pixel"`.
+            return_dict (`bool`, defaults to `True`): Return an [`AdversarialGuidedPurificationPipelineOutput`] or the
+                tuple `(images, logits, labels)` (logits and labels None without a classifier).
             settings ([`PurificationSettings`], *optional*): Resolved settings (`pipe.resolve_settings(...)`), used
                 as is instead of the arguments above.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): Called
@@ -505,7 +501,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
 
         Returns:
             [`AdversarialGuidedPurificationPipelineOutput`] or `tuple`: purified images, plus logits and labels when
-            the pipeline has a classifier.
+            the pipeline has a classifier (always three items: `(images, logits, labels)`).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -513,7 +509,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         overrides = {k: v for k, v in dict(
             strength=strength, num_inference_steps=num_inference_steps, guidance=guidance,
             guidance_scale=guidance_scale, pixel_guidance_scale=pixel_guidance_scale, feature_weight=feature_weight,
-            class_guidance=class_guidance, guidance_target=guidance_target).items() if v is not None}
+            class_guidance=class_guidance, guidance_target=guidance_target, eta=eta).items() if v is not None}
         if settings is None:
             settings = self.resolve_settings(**overrides)
         elif overrides:
@@ -528,8 +524,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             def callback(pipe, i, t, tensors):
                 return callback_on_step_end(pipe, i, t, {k: tensors[k] for k in tensor_inputs})
 
-        purified = self.purify(images, settings=settings, generator=generator, show_progress_bar=True,
-                               callback=callback)
+        purified = self._purify(images, settings, generator, show_progress_bar=True, callback=callback)
         logits = labels = None
         if self.classifier is not None:
             logits = self.classifier_logits(purified)
@@ -537,7 +532,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         out_images = self.image_processor.postprocess(purified, output_type=output_type)
         if not return_dict:
-            return (out_images,) if logits is None else (out_images, logits, labels)
+            return out_images, logits, labels
         return AdversarialGuidedPurificationPipelineOutput(images=out_images, logits=logits, labels=labels)
 
     # ------------------------------------------------------------------ Hub

@@ -114,22 +114,28 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
     g.add_argument("--train_batch_size", type=int_at_least(1), default=batch_size, help="Batch size per process.")
     g.add_argument("--max_train_steps", type=int_at_least(1), default=max_train_steps,
                    help="Optimizer steps in total.")
-    g.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
-    g.add_argument("--learning_rate", type=finite(0, inclusive_min=False), default=learning_rate)
+    g.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1,
+                   help="Batches whose gradients are summed per optimizer step.")
+    g.add_argument("--learning_rate", type=finite(0, inclusive_min=False), default=learning_rate,
+                   help="Peak learning rate of AdamW.")
     g.add_argument("--lr_scheduler", type=str, default="cosine", choices=[t.value for t in SchedulerType],
                    help='From diffusers.optimization: "linear", "cosine", "constant", "constant_with_warmup", ...')
-    g.add_argument("--lr_warmup_steps", type=int_at_least(0), default=50)
-    g.add_argument("--adam_beta1", type=finite(0, 1), default=0.9)
-    g.add_argument("--adam_beta2", type=finite(0, 1), default=0.999)
-    g.add_argument("--adam_weight_decay", type=finite(0), default=1e-4)
-    g.add_argument("--adam_epsilon", type=finite(0, inclusive_min=False), default=1e-8)
-    g.add_argument("--max_grad_norm", type=finite(0), default=1.0)
-    g.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
+    g.add_argument("--lr_warmup_steps", type=int_at_least(0), default=50,
+                   help="Steps of linear warm-up before the schedule.")
+    g.add_argument("--adam_beta1", type=finite(0, 1), default=0.9, help="AdamW's beta1.")
+    g.add_argument("--adam_beta2", type=finite(0, 1), default=0.999, help="AdamW's beta2.")
+    g.add_argument("--adam_weight_decay", type=finite(0), default=1e-4, help="AdamW's weight decay.")
+    g.add_argument("--adam_epsilon", type=finite(0, inclusive_min=False), default=1e-8, help="AdamW's epsilon.")
+    g.add_argument("--max_grad_norm", type=finite(0), default=1.0, help="Gradients are clipped to this norm.")
+    g.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"],
+                   help="accelerate's mixed precision (GPU only).")
     g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=use_ema,
                    help="Keep an exponential moving average of the weights; the saved model uses it.")
-    g.add_argument("--ema_inv_gamma", type=finite(0, inclusive_min=False), default=1.0)
-    g.add_argument("--ema_power", type=finite(0, inclusive_min=False), default=3 / 4)
-    g.add_argument("--ema_max_decay", type=finite(0, 1), default=0.999)
+    g.add_argument("--ema_inv_gamma", type=finite(0, inclusive_min=False), default=1.0,
+                   help="inv_gamma of Diffusers' EMAModel warm-up.")
+    g.add_argument("--ema_power", type=finite(0, inclusive_min=False), default=3 / 4,
+                   help="power of Diffusers' EMAModel warm-up.")
+    g.add_argument("--ema_max_decay", type=finite(0, 1), default=0.999, help="Largest EMA decay.")
     g.add_argument("--checkpointing_steps", type=int_at_least(1), default=checkpointing_steps,
                    help="Save the full training state (accelerate `save_state`) every N steps.")
     g.add_argument("--checkpoints_total_limit", type=int_at_least(1), default=2,
@@ -152,13 +158,14 @@ def add_training_args(parser: argparse.ArgumentParser, *, batch_size: int = 64, 
                         "with a time limit); continue later with --resume_from_checkpoint latest.")
     g.add_argument("--report_to", type=str, default="tensorboard",
                    help='"tensorboard", "wandb", "all" or "none" (logs go to <output_dir>/logs).')
-    g.add_argument("--logging_dir", type=str, default="logs")
+    g.add_argument("--logging_dir", type=str, default="logs", help="Tracker logs, inside --output_dir.")
     g.add_argument("--log_steps", type=int_at_least(1), default=10, help="Log the loss every N steps.")
     g.add_argument("--eval_steps", type=int_at_least(0), default=200,
                    help="Measure held-out metrics every N steps (0: only at the end).")
     g.add_argument("--image_log_steps", type=int_at_least(0), default=500,
                    help="Log an image grid every N steps (0: never).")
-    g.add_argument("--dataloader_num_workers", type=int_at_least(0), default=0)
+    g.add_argument("--dataloader_num_workers", type=int_at_least(0), default=0,
+                   help="Worker processes loading data (0: the main process).")
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mnist",
@@ -183,12 +190,12 @@ def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str | Non
     g.add_argument("--eval_samples", type=int_at_least(0), default=eval_samples,
                    help="Images set aside from the END of the training split to measure progress on; never trained "
                         "on. (The dataset's own held-out split is never read by a training script.)")
-    g.add_argument("--cache_dir", type=str, default=None)
+    g.add_argument("--cache_dir", type=str, default=None, help="Where Hub datasets are cached (not for built-ins).")
 
 
 def add_hub_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("hub")
     g.add_argument("--push_to_hub", action="store_true", help="Upload the result with its model card.")
     g.add_argument("--hub_model_id", type=str, default=None, help="Repo id; defaults to the output folder's name.")
-    g.add_argument("--hub_token", type=str, default=None)
-    g.add_argument("--hub_private_repo", action="store_true")
+    g.add_argument("--hub_token", type=str, default=None, help="A Hub token (default: the one `hf auth login` saved).")
+    g.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repo private.")

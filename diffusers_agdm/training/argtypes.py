@@ -5,6 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ..utils.paths import check_model_source  # noqa: F401  (the training scripts import it from here)
+from ..utils.schedule import purification_timesteps, start_timestep
 from ..utils.validation import check_finite, check_int
 
 
@@ -79,29 +81,6 @@ def check_existing_dir(flag: str, path: str | os.PathLike) -> None:
         raise ValueError(f"{flag} {path}: not a folder.")
 
 
-def check_model_source(flag: str, name_or_path: str, expected_files: tuple[str, ...]) -> None:
-    """A model argument is an existing local folder holding one of `expected_files`, or a Hub repo id; raise a
-    `ValueError` naming the flag otherwise (before anything is downloaded or loaded)."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"{flag} {name_or_path}: a file, not a model folder.")
-        if not any((path / name).is_file() for name in expected_files):
-            raise ValueError(f"{flag} {name_or_path}: the folder holds no {' or '.join(expected_files)}; it is not a "
-                             "saved model.")
-        return
-    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or os.sep in name_or_path \
-        and os.sep != "/"
-    if looks_local:
-        raise ValueError(f"{flag} {name_or_path}: no such folder.")
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name_or_path)
-    except HFValidationError:
-        raise ValueError(f"{flag} {name_or_path}: neither a local folder nor a Hub repo id.") from None
-
-
 def check_group_norm(widths: tuple[int, ...], groups: int, flag: str = "--block_out_channels") -> None:
     """GroupNorm needs every block width divisible by the number of groups."""
     bad = [w for w in widths if w % groups]
@@ -110,9 +89,12 @@ def check_group_norm(widths: tuple[int, ...], groups: int, flag: str = "--block_
 
 
 def check_steps_fit(strength: float, num_inference_steps: int, num_train_timesteps: int) -> None:
-    """The reverse process starts at t* = round(strength x T) and can take at most t* + 1 distinct steps down to 0."""
-    start = int(round(strength * num_train_timesteps))
-    if num_inference_steps > start + 1:
+    """The rule of [`~diffusers_agdm.utils.schedule.purification_timesteps`] (the reverse process starts at t* =
+    round(strength x T), at most T - 1, and takes at most t* + 1 distinct steps down to 0), worded with the flags."""
+    try:
+        purification_timesteps(strength, num_inference_steps, num_train_timesteps)
+    except ValueError:
+        start = start_timestep(strength, num_train_timesteps)
         raise ValueError(f"--num_inference_steps {num_inference_steps} is more than the {start + 1} timesteps from "
-                         f"t* = round({strength} x {num_train_timesteps}) = {start} down to 0; lower it or raise "
-                         "--strength.")
+                         f"t* = {start} (--strength {strength} of {num_train_timesteps}) down to 0; lower it or raise "
+                         "--strength.") from None

@@ -11,12 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.pgd import ascent_direction, project
-from ..utils.diffusion import diffuse as forward_diffusion
-
-
-def diffuse(images01: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
-    """The forward process x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps, for [0, 1] images (mapped to [-1, 1])."""
-    return forward_diffusion(images01 * 2 - 1, noise, alphas_cumprod, timesteps)
+from ..utils.diffusion import diffuse01
 
 
 def _kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -31,13 +26,13 @@ def kl_pgd(guidance, images01, noise, timesteps, alphas_cumprod, *, norm: str = 
     was_training = guidance.training
     guidance.eval()
     with torch.no_grad():
-        clean_logits = guidance(diffuse(images01, noise, alphas_cumprod, timesteps), timesteps).logits
+        clean_logits = guidance(diffuse01(images01, noise, alphas_cumprod, timesteps), timesteps).logits
     # TRADES starts from a tiny random offset: at delta = 0 the KL gradient is exactly zero.
     adv = (images01 + 0.001 * torch.randn_like(images01)).clamp(0, 1).detach()
     for _ in range(steps):
         adv.requires_grad_(True)
         with torch.enable_grad():
-            loss = _kl(clean_logits, guidance(diffuse(adv, noise, alphas_cumprod, timesteps), timesteps).logits)
+            loss = _kl(clean_logits, guidance(diffuse01(adv, noise, alphas_cumprod, timesteps), timesteps).logits)
             (grad,) = torch.autograd.grad(loss, adv)
         adv = adv.detach() + step_size * ascent_direction(grad, norm)
         adv = (images01 + project(adv - images01, norm, eps)).clamp(0, 1).detach()
@@ -53,8 +48,8 @@ def trades_loss(guidance, images01, labels, alphas_cumprod, *, t_max: int, beta:
     noise = torch.randn_like(images01)
     adv = kl_pgd(guidance, images01, noise, timesteps, alphas_cumprod, norm=norm, eps=eps, step_size=step_size,
                  steps=steps)
-    clean_out = guidance(diffuse(images01, noise, alphas_cumprod, timesteps), timesteps)
-    adv_out = guidance(diffuse(adv, noise, alphas_cumprod, timesteps), timesteps)
+    clean_out = guidance(diffuse01(images01, noise, alphas_cumprod, timesteps), timesteps)
+    adv_out = guidance(diffuse01(adv, noise, alphas_cumprod, timesteps), timesteps)
     ce = F.cross_entropy(clean_out.logits, labels)
     kl = _kl(clean_out.logits, adv_out.logits) / images01.shape[0]
     loss = ce + beta * kl
@@ -85,7 +80,7 @@ def guidance_accuracy(guidance, images01, labels, alphas_cumprod, *, t_max: int,
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
         adv = kl_pgd(guidance, x, noise, timesteps, alphas_cumprod, norm=norm, eps=eps, step_size=step_size,
                      steps=steps)
-        correct_clean += _correct(guidance, diffuse(x, noise, alphas_cumprod, timesteps), timesteps, y)
-        correct_adv += _correct(guidance, diffuse(adv, noise, alphas_cumprod, timesteps), timesteps, y)
+        correct_clean += _correct(guidance, diffuse01(x, noise, alphas_cumprod, timesteps), timesteps, y)
+        correct_adv += _correct(guidance, diffuse01(adv, noise, alphas_cumprod, timesteps), timesteps, y)
     n = images01.shape[0]
     return {"clean_accuracy": float(correct_clean) / n, "adversarial_accuracy": float(correct_adv) / n}

@@ -1,8 +1,28 @@
-"""Small helpers shared across the package."""
+"""Small helpers shared across the package. The names below load on first use, so that the standard-library-only
+helpers (`validation`, `paths`, `io`, `flags`) can be imported without torch (`agdm <command> --help`)."""
 
-from .diffusion import diffuse
-from .models import sample_size
-from .paths import check_output_dir
-from .validation import check_finite, check_int
+import importlib
 
-__all__ = ["check_finite", "check_int", "check_output_dir", "diffuse", "sample_size"]
+_LAZY = {
+    "diffuse": ".diffusion",
+    "diffuse01": ".diffusion",
+    "sample_size": ".models",
+    "check_output_dir": ".paths",
+    "check_finite": ".validation",
+    "check_int": ".validation",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = list(_LAZY)

@@ -1,4 +1,5 @@
-"""The forward diffusion process, written once (purification's start, the guidance reference x'_t, TRADES)."""
+"""The forward diffusion process, written once (purification's start, the guidance reference x'_t, TRADES): `diffuse`
+for samples in the UNet's [-1, 1] space, `diffuse01` for [0, 1] images."""
 
 import torch
 
@@ -18,3 +19,8 @@ def diffuse(x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
     index = torch.as_tensor(t, device=x0.device).long().reshape(-1)
     abar = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[index].reshape(-1, *([1] * (x0.ndim - 1)))
     return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def diffuse01(images01: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, t) -> torch.Tensor:
+    """[`diffuse`] for [0, 1] images (the attacker's space), mapped to [-1, 1] first."""
+    return diffuse(images01 * 2 - 1, noise, alphas_cumprod, t)

@@ -33,3 +33,44 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--output_dir", create
     except OSError as err:
         raise ValueError(f"{flag} {folder} is not a writable folder ({err.strerror or err}).") from err
     return folder
+
+
+def check_model_source(flag: str, name_or_path: str | os.PathLike,
+                       expected_files: tuple[str, ...] = ("model_index.json",), *, class_name: str | None = None,
+                       local_only: bool = False) -> Path | None:
+    """
+    The one answer to "is this a saved model folder or a Hub id?", before anything is downloaded or loaded (every
+    command and training script asks it). Returns the folder, or None for a Hub id; raises a `ValueError` naming
+    `flag` for a file, a folder holding none of `expected_files`, a pipeline folder of another class than
+    `class_name`, a local-looking path that does not exist, or a string that is no Hub repo id (or any Hub id when
+    `local_only`).
+    """
+    import json
+
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{flag} {text} is a file, not a model folder; give a folder or a Hub id.")
+        if not any((path / name).is_file() for name in expected_files):
+            raise ValueError(f"{flag} {text}: the folder holds no {' or '.join(expected_files)}; it is not a saved "
+                             "model.")
+        index = path / "model_index.json"
+        if class_name is not None and index.is_file():
+            try:
+                found = json.loads(index.read_text()).get("_class_name")
+            except (OSError, ValueError, AttributeError) as err:
+                raise ValueError(f"{flag} {text}: cannot read its model_index.json ({err}).") from err
+            if found != class_name:
+                raise ValueError(f"{flag} {text} holds a {found}, not an {class_name}.")
+        return path
+    looks_local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text)
+    if looks_local or local_only:
+        raise ValueError(f"{flag} {text}: no such folder.")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        raise ValueError(f"{flag} {text}: neither a local folder nor a Hub repo id.") from None
+    return None
