@@ -335,7 +335,7 @@ def test_purify_never_writes_over_an_input_named_comparison_png(tmp_path, capsys
 
 def test_a_flipped_byte_in_the_shipped_default_is_named_at_load(tmp_path):
     from diffusers_agdm import load_pipeline
-    from diffusers_agdm.pretrained import default_pipeline_path
+    from diffusers_agdm.default_pipeline import default_pipeline_path
 
     copy = tmp_path / "agdm-mnist"
     shutil.copytree(default_pipeline_path(), copy)
