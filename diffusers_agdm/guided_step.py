@@ -11,6 +11,7 @@ and applies it as a classifier-guidance correction of the predicted noise,
 The equations and the choices fixed where the paper is silent are in docs/method.md.
 """
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -22,6 +23,10 @@ from .utils.validation import check_finite
 
 GUIDANCE_MODES = ("latent", "pixel", "none")
 GUIDANCE_TARGETS = ("diffused", "input")
+# One guidance-network call for x_t and x'_t (a batch of 2B) instead of two. Switched off only by
+# `separate_guidance_calls()`, which keeps the older two-call path measurable (benchmarks/gradient_throughput.py) and
+# testable against this one (same numbers up to float rounding).
+_BATCHED_GUIDANCE = True
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,30 @@ class GuidanceSettings:
                              "`guidance=GuidanceModel(...)` when building it, or use guidance='pixel' or 'none'.")
 
 
+@contextlib.contextmanager
+def separate_guidance_calls():
+    """Within this block, the guidance network sees x_t and x'_t in two calls (the path before batching): for
+    benchmarks and tests that compare the two paths in one process. Not thread-safe."""
+    global _BATCHED_GUIDANCE
+    previous, _BATCHED_GUIDANCE = _BATCHED_GUIDANCE, False
+    try:
+        yield
+    finally:
+        _BATCHED_GUIDANCE = previous
+
+
+def input_class_logits(guidance_model, images: torch.Tensor) -> torch.Tensor:
+    """
+    f_phi(x, 0): the guidance network's class logits on the input itself (mapped from [0, 1] to [-1, 1], at timestep
+    0). Their argmax is y_hat, the class latent guidance pulls every reverse step towards; the guidance-target attack
+    ([`AttackObjective`]) differentiates the same logits, so both must come from here.
+    """
+    dtype = next(guidance_model.parameters()).dtype
+    reference = images.to(dtype) * 2 - 1
+    timestep = torch.zeros(1, dtype=torch.long, device=images.device)
+    return guidance_model(reference, timestep).logits
+
+
 def _expand(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coefficient.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -95,14 +124,20 @@ def guidance_gradient(guidance_model, x_t, timestep, reference_t, target_label, 
             # x_t and x'_t in one forward (one batch of 2B): half the calls of the guidance network per step. The
             # reference half only needs a graph when the caller differentiates through it (an attack).
             batch = x.shape[0]
-            both = torch.cat([x, reference_t if create_graph else reference_t.detach()])
-            per_image = torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.numel() == batch > 1
-            out = guidance_model(both, torch.cat([timestep, timestep]) if per_image else timestep)
-            features, ref_features = out.features[:batch], out.features[batch:]
+            reference_t = reference_t if create_graph else reference_t.detach()
+            if _BATCHED_GUIDANCE:
+                per_image = torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.numel() == batch > 1
+                out = guidance_model(torch.cat([x, reference_t]),
+                                     torch.cat([timestep, timestep]) if per_image else timestep)
+                features, ref_features, logits = out.features[:batch], out.features[batch:], out.logits[:batch]
+            else:
+                out = guidance_model(x, timestep)
+                features, logits = out.features, out.logits
+                with torch.set_grad_enabled(create_graph):
+                    ref_features = guidance_model(reference_t, timestep).features
             if not create_graph:
                 ref_features = ref_features.detach()
             objective = objective - settings.feature_weight * (features - ref_features).pow(2).sum()
-            logits = out.logits[:batch]
         else:
             logits = guidance_model(x, timestep).logits
         if settings.class_guidance:
