@@ -81,20 +81,20 @@ def test_call_records_no_gradients():
 
 @pytest.mark.parametrize("target", ["diffused", "input"])
 def test_one_batched_guidance_call_equals_two_separate_calls(target):
-    """x_t and x'_t go through the guidance network in one batch of 2B; the older two-call path gives the same
+    """x_t and x'_t go through the guidance network in two calls; the older path, one batch of 2B, gives the same
     purified images and the same exact gradient (up to float rounding) for a fixed generator."""
-    from diffusers_agdm.guided_step import separate_guidance_calls
+    from diffusers_agdm.guided_step import batched_guidance_calls
 
     pipe = dummy_pipeline("ddim", guidance_target=target)
     x = dummy_images(3)
     outputs = []
-    for batched in (True, False):
-        with contextlib.nullcontext() if batched else separate_guidance_calls():
+    for batched in (False, True):
+        with batched_guidance_calls() if batched else contextlib.nullcontext():
             purified = pipe.purify(x, guidance="latent", generator=torch.Generator().manual_seed(4))
             z = x.clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(_loss(pipe, z, "latent", checkpointing=True, seed=4), z)
         outputs.append((purified, grad))
-    (purified_one, grad_one), (purified_two, grad_two) = outputs
+    (purified_two, grad_two), (purified_one, grad_one) = outputs
     assert grad_one.abs().sum() > 0
     torch.testing.assert_close(purified_one, purified_two, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_one, grad_two, rtol=1e-4, atol=1e-6)
