@@ -16,6 +16,7 @@ gradient checkpointing (memory grows with the reverse steps; the attack's defaul
 """
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -31,28 +32,31 @@ from diffusers_agdm.guided_step import batched_guidance_calls  # noqa: E402
 DEFENSES = ("undefended", "none", "pixel", "latent")
 
 
-def median_cpu_seconds(work, repeats: int) -> float:
-    """Median CPU time of `repeats` calls of `work()` after one warm-up call."""
-    work()
-    times = []
-    for _ in range(repeats):
-        began = time.process_time()
+def interleaved_median_cpu_seconds(works: dict, repeats: int) -> dict:
+    """Median CPU time of `repeats` calls of each `works[name]()`, after one warm-up call each. The calls are
+    interleaved (one of each per round), so a machine that slows down part-way slows every entry alike."""
+    for work in works.values():
         work()
-        times.append(time.process_time() - began)
-    return sorted(times)[len(times) // 2]
+    times = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            began = time.process_time()
+            work()
+            times[name].append(time.process_time() - began)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def unet_costs(pipe, images, repeats: int) -> dict:
-    """Per image: one UNet forward (no graph), and one forward + backward to its input (the floor's unit)."""
-    settings = pipe.resolve_settings(guidance="none")
-    t = torch.tensor(settings.first_timestep)
+def unet_works(pipe, images) -> dict:
+    """Per batch: one UNet forward (no graph), one forward + backward to its input (the floor's unit), and the
+    classifier's forward + backward."""
+    t = torch.tensor(pipe.resolve_settings(guidance="none").first_timestep)
     sample = images * 2 - 1
 
-    def forward():
+    def unet_forward():
         with torch.no_grad():
             pipe.unet(sample, t)
 
-    def forward_backward():
+    def unet_forward_backward():
         x = sample.clone().requires_grad_(True)
         torch.autograd.grad(pipe.unet(x, t).sample.sum(), x)
 
@@ -60,49 +64,51 @@ def unet_costs(pipe, images, repeats: int) -> dict:
         x = images.clone().requires_grad_(True)
         torch.autograd.grad(pipe.classifier_logits(x).sum(), x)
 
-    n = images.shape[0]
-    return {"unet_forward_s": median_cpu_seconds(forward, repeats) / n,
-            "unet_forward_backward_s": median_cpu_seconds(forward_backward, repeats) / n,
-            "classifier_forward_backward_s": median_cpu_seconds(classifier_forward_backward, repeats) / n,
-            "reverse_steps": len(settings.timesteps)}
+    return {"unet_forward": unet_forward, "unet_forward_backward": unet_forward_backward,
+            "classifier_forward_backward": classifier_forward_backward}
 
 
-def gradient_seconds(pipe, defense: str, images, labels, repeats: int, seed: int, checkpointing: bool) -> float:
-    """CPU-seconds per image-gradient (EOT 1, margin loss) through `defense`."""
+def gradient_work(pipe, defense: str, images, labels, seed: int, checkpointing: bool, batched: bool):
+    """One exact image-gradient per image (EOT 1, margin loss) through `defense`."""
     if defense == "undefended":
         model = pipe.classifier_logits
     else:
         model = pipe.defended_classifier(seed=seed, guidance=defense, gradient_checkpointing=checkpointing)
     objective = AttackObjective(model, "margin", 1)
-    return median_cpu_seconds(lambda: objective(images, labels), repeats) / images.shape[0]
+
+    def work():
+        with batched_guidance_calls() if batched else contextlib.nullcontext():
+            objective(images, labels)
+
+    return work
 
 
 def measure(pipe, images, labels, repeats: int, seed: int, no_checkpointing: bool) -> dict:
-    units = unet_costs(pipe, images, repeats)
-    floor = units["reverse_steps"] * units["unet_forward_backward_s"] + units["classifier_forward_backward_s"]
-    rows = []
+    configs = []
     for defense in DEFENSES:
         checkpointing_options = [True, False] if (no_checkpointing and defense != "undefended") else [True]
-        paths = ["two calls", "one batch (before)"] if defense == "latent" else ["two calls"]
-        for checkpointing in checkpointing_options:
-            for path in paths:
-                if path == "one batch (before)":
-                    with batched_guidance_calls():
-                        seconds = gradient_seconds(pipe, defense, images, labels, repeats, seed, checkpointing)
-                else:
-                    seconds = gradient_seconds(pipe, defense, images, labels, repeats, seed, checkpointing)
-                rows.append({"defense": defense, "guidance_path": path if defense == "latent" else "n/a",
-                             "checkpointing": checkpointing if defense != "undefended" else None,
-                             "seconds_per_image_gradient": seconds,
-                             "unet_forwards": seconds / units["unet_forward_s"]})
-    unguided = next(r["seconds_per_image_gradient"] for r in rows if r["defense"] == "none" and r["checkpointing"])
-    latent = {(r["guidance_path"], r["checkpointing"]): r["seconds_per_image_gradient"] for r in rows
-              if r["defense"] == "latent"}
+        paths = ["two calls", "one batch (before)"] if defense == "latent" else ["n/a"]
+        configs += [(defense, path, checkpointing if defense != "undefended" else None)
+                    for checkpointing in checkpointing_options for path in paths]
+    works = unet_works(pipe, images)
+    works.update({config: gradient_work(pipe, config[0], images, labels, seed, bool(config[2]),
+                                        config[1] == "one batch (before)") for config in configs})
+    n = images.shape[0]
+    seconds = {name: value / n for name, value in interleaved_median_cpu_seconds(works, repeats).items()}
+    steps = len(pipe.resolve_settings(guidance="none").timesteps)
+    units = {"unet_forward_s": seconds["unet_forward"], "unet_forward_backward_s": seconds["unet_forward_backward"],
+             "classifier_forward_backward_s": seconds["classifier_forward_backward"], "reverse_steps": steps}
+    floor = steps * units["unet_forward_backward_s"] + units["classifier_forward_backward_s"]
+    rows = [{"defense": d, "guidance_path": path, "checkpointing": ckpt,
+             "seconds_per_image_gradient": seconds[(d, path, ckpt)],
+             "unet_forwards": seconds[(d, path, ckpt)] / units["unet_forward_s"]} for d, path, ckpt in configs]
+    unguided = seconds[("none", "n/a", True)]
     for row in rows:
         row["vs_unguided"] = row["seconds_per_image_gradient"] / unguided
         row["vs_floor"] = row["seconds_per_image_gradient"] / floor
     return {"units": units, "floor_seconds_per_image": floor, "rows": rows,
-            "latent_before_over_after": latent[("one batch (before)", True)] / latent[("two calls", True)]}
+            "latent_before_over_after": seconds[("latent", "one batch (before)", True)]
+            / seconds[("latent", "two calls", True)]}
 
 
 def markdown_lines(numbers: dict) -> list[str]:
