@@ -554,9 +554,12 @@ def test_autoattack_rand_never_returns_the_clean_input_for_an_unflipped_point():
     model = NoisyLinear()
     x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     y = model.linear(x).argmax(-1)
-    x_adv = autoattack_rand(model, x, y, eps=1e-3, steps=3, eot_samples=2)  # too small to flip anything
+    stats = AttackStats()
+    x_adv = autoattack_rand(model, x, y, eps=1e-3, steps=3, eot_samples=2, stats=stats)  # too small to flip anything
     assert ((x_adv - x).flatten(1).abs().max(1).values > 0).all()
     assert (x_adv - x).abs().max() <= 1e-3 + 1e-7
+    # Both APGDs run their whole budget on every image (the published attack): 2 x (3 steps + start) x EOT 2.
+    assert stats.gradient_evaluations.tolist() == [16] * 6
 
 
 # ---------------------------------------------------------------------------------------------------- convergence
