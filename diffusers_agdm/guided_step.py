@@ -26,8 +26,8 @@ GUIDANCE_TARGETS = ("diffused", "input")
 # x_t and x'_t go through the guidance network in two calls: x_t with the graph its gradient needs, x'_t without one
 # unless an attack differentiates through it. One batch of 2B (`batched_guidance_calls()`) halves the calls but
 # back-propagates (and, in an attack, double-back-propagates) through the x'_t half too, which nothing needs: on the
-# embedded default (CPU, one thread, batch 8) an exact latent gradient costs 0.43-0.46 s per image in two calls
-# against 0.54-0.60 s batched (benchmarks/gradient_throughput.py measures both).
+# embedded default (CPU, one thread, batch 8, checkpointed) an exact latent gradient costs 0.33 s per image in two
+# calls against 0.38 s batched, and purification is no faster batched (benchmarks/gradient_throughput.py).
 _BATCHED_GUIDANCE = False
 
 
