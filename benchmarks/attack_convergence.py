@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, atomic_write_json, load, machine  # noqa: E402
-from diffusers_agdm.attacks import apgd, rescore  # noqa: E402
+from diffusers_agdm.attacks import SELECTION_DRAWS, AttackStats, apgd, rescore  # noqa: E402
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 from diffusers_agdm.evaluation.seeds import derive_seed  # noqa: E402
 
@@ -47,6 +47,10 @@ def parse(argv=None):
     parser.add_argument("--targeted_restarts", type=int, default=0)
     parser.add_argument("--eot_samples", type=int, default=1)
     parser.add_argument("--guidance_weight", type=float, default=0.0, help="the guidance-target term (latent only)")
+    parser.add_argument("--selection_draws", type=int, default=SELECTION_DRAWS,
+                        help="fresh draws judging each kept candidate (0: the attack's own loss picks it)")
+    parser.add_argument("--no_early_stop", action="store_true",
+                        help="keep attacking images already broken on every selection draw")
     parser.add_argument("--record_at", type=int, nargs="+", default=[5, 10, 25, 50, 100],
                         help="iteration counts (over all runs) at which the worst points so far are scored")
     parser.add_argument("--rescore_runs", type=int, default=5, help="K")
@@ -58,6 +62,8 @@ def parse(argv=None):
     if not args.summarize:
         if args.num_images < 1 or args.chunk < 1 or args.steps < 1 or args.rescore_runs < 1:
             parser.error("--num_images, --chunk, --steps and --rescore_runs must be >= 1")
+        if args.selection_draws < 0:
+            parser.error("--selection_draws must be >= 0")
         if any(not 1 <= r <= total for r in args.record_at):
             parser.error(f"--record_at values must lie in [1, {total}]")
     args.record_at = sorted(set(args.record_at) | {total})
@@ -75,11 +81,16 @@ def run_unit(pipe, data, args, defense: str, start: int) -> dict:
     attacked = pipe.defended_classifier(seed=derive_seed(args.seed, args.tag, defense, "attack-noise", start),
                                         **DEFENSE_KWARGS[defense])
     weight = args.guidance_weight if defense == "latent" else 0.0
+    stats = AttackStats()
     _, snapshots = apgd(attacked, images, labels, eps=args.eps, norm=args.norm, steps=args.steps,
                         restarts=args.restarts, targeted_restarts=args.targeted_restarts,
                         eot_samples=args.eot_samples, loss=args.loss, guidance_weight=weight,
                         generator=torch.Generator().manual_seed(derive_seed(args.seed, args.tag, "start", start)),
-                        record_at=tuple(args.record_at), show_progress_bar=True)
+                        record_at=tuple(args.record_at), show_progress_bar=True,
+                        selection_draws=args.selection_draws, early_stop=not args.no_early_stop, stats=stats,
+                        selection_model=pipe.defended_classifier(
+                            seed=derive_seed(args.seed, args.tag, defense, "selection", start),
+                            **DEFENSE_KWARGS[defense]))
     attack_cpu = time.process_time() - began
     scorer = pipe.defended_classifier(seed=None, **DEFENSE_KWARGS[defense])
     scored_seed = derive_seed(args.seed, "rescore", start)  # the same draws for every setting: a paired comparison
@@ -90,6 +101,8 @@ def run_unit(pipe, data, args, defense: str, start: int) -> dict:
     return {"defense": defense, "start": start, "end": end, "labels": labels.tolist(),
             "clean_correct": clean.int().tolist(), "adversarial_correct": points,
             "gradient_evaluations": gradient_evaluations, "attack_cpu_s": attack_cpu,
+            "gradient_evaluations_spent": stats.gradient_evaluations.tolist(),
+            "forward_evaluations_spent": stats.forward_evaluations.tolist(),
             "cpu_s": time.process_time() - began, "settings": {k: v for k, v in vars(args).items()
                                                                 if k not in ("summarize", "defenses")}}
 

@@ -177,6 +177,13 @@ def convergence(r) -> list[str]:
 
 
 def gradient_throughput(r) -> list[str]:
+    if "rows" in r["results"]:  # the cost of one exact gradient against the floor (gradient_throughput.py renders it)
+        from gradient_throughput import markdown_lines
+
+        return ["## 5. What one exact gradient costs", "", *_header(r),
+                f"{r['settings']['num_images']} images, EOT 1, margin loss, median of {r['settings']['repeats']} "
+                "interleaved timed calls after a warm-up; one process measures everything.", "",
+                *markdown_lines(r["results"]), ""]
     rows = [[defense, f"{v['one_call_per_draw']:.2f}", f"{v['batched']:.2f}", f"{v['ratio']:.2f}x"]
             for defense, v in r["results"].items()]
     return ["## 5. Gradient evaluations per CPU-second", "", *_header(r),

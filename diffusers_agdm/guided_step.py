@@ -11,6 +11,7 @@ and applies it as a classifier-guidance correction of the predicted noise,
 The equations and the choices fixed where the paper is silent are in docs/method.md.
 """
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ import torch
 from .settings_table import check_option, scale_option
 from .utils.diffusion import diffuse
 from .utils.schedule import fixed_stride_scheduler_steps, is_fixed_stride
+
+# x_t and x'_t go through the guidance network in two calls: x_t with the graph its gradient needs, x'_t without one
+# unless an attack differentiates through it. One batch of 2B (`batched_guidance_calls()`) halves the calls but
+# back-propagates (and, in an attack, double-back-propagates) through the x'_t half too, which nothing needs: on the
+# embedded default (CPU, one thread, batch 8, checkpointed) an exact latent gradient costs 0.33 s per image in two
+# calls against 0.38 s batched, and purification is no faster batched (benchmarks/gradient_throughput.py).
+_BATCHED_GUIDANCE = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,30 @@ class GuidanceSettings:
                              "`guidance=GuidanceModel(...)` when building it, or use guidance='pixel' or 'none'.")
 
 
+@contextlib.contextmanager
+def batched_guidance_calls():
+    """Within this block, the guidance network sees x_t and x'_t in one batch of 2B (the path before it was
+    measured slower): for benchmarks and tests that compare the two paths in one process. Not thread-safe."""
+    global _BATCHED_GUIDANCE
+    previous, _BATCHED_GUIDANCE = _BATCHED_GUIDANCE, True
+    try:
+        yield
+    finally:
+        _BATCHED_GUIDANCE = previous
+
+
+def input_class_logits(guidance_model, images: torch.Tensor) -> torch.Tensor:
+    """
+    f_phi(x, 0): the guidance network's class logits on the input itself (mapped from [0, 1] to [-1, 1], at timestep
+    0). Their argmax is y_hat, the class latent guidance pulls every reverse step towards; the guidance-target attack
+    ([`AttackObjective`]) differentiates the same logits, so both must come from here.
+    """
+    dtype = next(guidance_model.parameters()).dtype
+    reference = images.to(dtype) * 2 - 1
+    timestep = torch.zeros(1, dtype=torch.long, device=images.device)
+    return guidance_model(reference, timestep).logits
+
+
 def _expand(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coefficient.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -90,17 +122,23 @@ def guidance_gradient(guidance_model, x_t, timestep, reference_t, target_label, 
         x = x_t if (create_graph and x_t.requires_grad) else x_t.detach().requires_grad_(True)
         objective = x.new_zeros(())
         if settings.feature_weight:
-            # x_t and x'_t in one forward (one batch of 2B): half the calls of the guidance network per step. The
-            # reference half only needs a graph when the caller differentiates through it (an attack).
+            # x'_t only needs a graph when the caller differentiates through it (an attack), and never the double
+            # backward x_t's features need: see _BATCHED_GUIDANCE for why two calls beat one batch of 2B.
             batch = x.shape[0]
-            both = torch.cat([x, reference_t if create_graph else reference_t.detach()])
-            per_image = torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.numel() == batch > 1
-            out = guidance_model(both, torch.cat([timestep, timestep]) if per_image else timestep)
-            features, ref_features = out.features[:batch], out.features[batch:]
+            reference_t = reference_t if create_graph else reference_t.detach()
+            if _BATCHED_GUIDANCE:
+                per_image = torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.numel() == batch > 1
+                out = guidance_model(torch.cat([x, reference_t]),
+                                     torch.cat([timestep, timestep]) if per_image else timestep)
+                features, ref_features, logits = out.features[:batch], out.features[batch:], out.logits[:batch]
+            else:
+                out = guidance_model(x, timestep)
+                features, logits = out.features, out.logits
+                with torch.set_grad_enabled(create_graph):
+                    ref_features = guidance_model(reference_t, timestep).features
             if not create_graph:
                 ref_features = ref_features.detach()
             objective = objective - settings.feature_weight * (features - ref_features).pow(2).sum()
-            logits = out.logits[:batch]
         else:
             logits = guidance_model(x, timestep).logits
         if settings.class_guidance:

@@ -5,6 +5,7 @@ from torch import nn
 
 from diffusers_agdm.attacks import (
     AttackObjective,
+    AttackStats,
     BPDAClassifier,
     apgd,
     attack_loss,
@@ -16,8 +17,10 @@ from diffusers_agdm.attacks import (
     per_image_loss,
     pgd,
     rescore,
+    selection_scores,
     surrogate_defense,
 )
+from diffusers_agdm.attacks.objective import dual_norm
 from diffusers_agdm.evaluation import check_converged
 from dummies import CLASSES, dummy_images, dummy_pipeline
 
@@ -408,12 +411,140 @@ def test_the_guidance_term_adds_the_guidance_networks_margin_gradient():
     pipe = dummy_pipeline()
     x, y = dummy_images(2), torch.tensor([0, 1])
     plain = AttackObjective(pipe.defended_classifier(seed=0, guidance="latent"), "margin")(x, y)
-    guided = AttackObjective(pipe.defended_classifier(seed=0, guidance="latent"), "margin", guidance_weight=2.0)(x, y)
+    guided = AttackObjective(pipe.defended_classifier(seed=0, guidance="latent"), "margin", guidance_weight=2.0,
+                             normalise_guidance=False)(x, y)
     z = x.clone().requires_grad_(True)
     term = per_image_loss(guidance_target_logits(pipe.defended_classifier(seed=0), z), y, "margin")
     term_grad = torch.autograd.grad(term.sum(), z)[0]
     torch.testing.assert_close(guided.gradient, plain.gradient + 2.0 * term_grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(guided.loss, plain.loss)  # the worst iterate is still chosen by the defense's loss
+
+
+def guided_objectives(targets, weight=1.0, norm="Linf", eot_samples=2):
+    """The plain and the guided objective at the same points with the same purification draws (same seed)."""
+    pipe = dummy_pipeline()
+    x, y = dummy_images(3), torch.tensor([0, 1, 2])
+    outs = [AttackObjective(pipe.defended_classifier(seed=0, guidance="latent"), "margin", eot_samples,
+                            guidance_weight=w, norm=norm)(x, y, targets) for w in (0.0, weight)]
+    return pipe, x, y, *outs
+
+
+def test_targeted_runs_keep_their_pull_with_the_guidance_term():
+    """The old objective replaced the targeted pull by ``loss + w * guidance margin``, so 'targeted' runs with the
+    guidance term were untargeted (bit-identical with and without targets). Now both terms aim at the target."""
+    targets = torch.tensor([2, 3, 0])
+    _, x, y, _, untargeted = guided_objectives(None)
+    pipe, _, _, plain_targeted, targeted = guided_objectives(targets)
+    assert not torch.allclose(targeted.gradient, untargeted.gradient)
+    assert not torch.allclose(targeted.objective, untargeted.objective)
+    torch.testing.assert_close(targeted.loss, untargeted.loss)  # kept points are still compared on one scale
+    # The guidance part of the targeted objective is the guidance network's targeted margin towards `targets`.
+    z = x.clone().requires_grad_(True)
+    logits = guidance_target_logits(pipe.defended_classifier(seed=0), z).double()
+    pull = logits.gather(1, targets[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+    pull_grad = torch.autograd.grad(pull.sum(), z)[0]
+    scale = targeted.guidance_scale.float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(targeted.gradient, plain_targeted.gradient + scale * pull_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_the_normalised_guidance_term_has_the_end_to_end_gradients_scale(norm, targeted):
+    """At weight w the guidance term's gradient has w times the end-to-end gradient's dual norm (L1 for Linf, L2
+    for L2), per image, whatever its raw size."""
+    targets = torch.tensor([2, 3, 0]) if targeted else None
+    _, _, _, plain, guided = guided_objectives(targets, weight=0.5, norm=norm)
+    term_gradient = guided.gradient - plain.gradient
+    torch.testing.assert_close(dual_norm(term_gradient, norm), 0.5 * dual_norm(plain.gradient, norm), rtol=1e-3,
+                               atol=1e-7)
+    assert (guided.guidance_scale > 0).all()
+
+
+def test_apgd_fixes_the_guidance_scale_per_run():
+    """Within a run the objective is one function: the scale passed in is used as given, not re-measured."""
+    pipe, x, y, _, guided = guided_objectives(None)
+    fixed = torch.full((3,), 7.0, dtype=torch.float64)
+    again = AttackObjective(pipe.defended_classifier(seed=0, guidance="latent"), "margin", 2, guidance_weight=1.0)(
+        x, y, guidance_scale=fixed)
+    torch.testing.assert_close(again.guidance_scale, fixed)
+    assert not torch.allclose(again.gradient, guided.gradient)
+    x_adv = apgd(pipe.defended_classifier(seed=0, guidance="latent"), x, y, eps=0.1, steps=2, guidance_weight=1.0,
+                 generator=torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+def test_selection_scores_count_misclassified_draws_and_mean_margins():
+    model = linear_classifier()
+    x, y = images_it_gets_right(model, n=4)
+    wrong, margin = selection_scores(model, x, y, 3)
+    assert (wrong == 0).all()
+    torch.testing.assert_close(margin, per_image_loss(model(x), y, "margin"))
+
+
+def test_selection_on_fresh_draws_never_returns_the_clean_input_and_keeps_autoattacks_behaviour():
+    model = NoisyLinear()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    y = model.linear(x).argmax(-1)
+    stats = AttackStats()
+    x_adv = apgd(model, x, y, eps=1e-3, steps=6, restarts=2, eot_samples=2, generator=torch.Generator().manual_seed(0),
+                 selection_model=NoisyLinear(seed=5), stats=stats)  # too small to flip anything
+    assert ((x_adv - x).flatten(1).abs().max(1).values > 0).all()
+    assert (x_adv - x).abs().max() <= 1e-3 + 1e-7
+    assert not stats.broken_on_selection.any()
+    # Nothing broken: every image spends the whole budget (2 runs x 6 steps x EOT 2, plus each run's start).
+    assert stats.gradient_evaluations.tolist() == [2 * 7 * 2] * 6
+    assert (stats.forward_evaluations > 0).all()
+
+
+def test_the_kept_point_and_the_early_stop_are_decided_on_the_selection_models_draws():
+    """An attack that cannot flip the model it differentiates, judged by a selection model that misclassifies every
+    point: each image is broken at the first selection (after the first checkpoint) and stops there."""
+    model = linear_classifier()
+    x, y = images_it_gets_right(model, n=4)
+    swap = linear_classifier(seed=1)
+
+    class Wrong(nn.Module):
+        def forward(self, z):
+            logits = swap(z)
+            return logits.scatter(1, y.repeat(z.shape[0] // y.shape[0])[:, None], -1e9)
+
+    stats = AttackStats()
+    x_adv = apgd(model, x, y, eps=1e-3, steps=20, restarts=2, selection_model=Wrong(), stats=stats,
+                 generator=torch.Generator().manual_seed(0))
+    assert stats.broken_on_selection.all() and (model(x_adv).argmax(-1) == y).all()
+    assert stats.gradient_evaluations.tolist() == [checkpoints(20)[0] + 1] * 4
+    assert ((x_adv - x).flatten(1).abs().max(1).values > 0).all()
+
+
+def test_early_stop_spends_fewer_gradients_on_a_broken_image_and_the_full_budget_on_a_robust_one():
+    model = linear_classifier(num_classes=2, seed=0)
+    x, y = images_it_gets_right(model, n=32)
+    breakable = model(best_linf_attack(model, x, y, 0.3)).argmax(-1) != y
+    assert breakable.any() and (~breakable).any()
+    stats = AttackStats()
+    x_adv = apgd(model, x, y, eps=0.3, steps=20, restarts=2, generator=torch.Generator().manual_seed(0), stats=stats)
+    full = 2 * (20 + 1)
+    assert torch.equal(model(x_adv).argmax(-1) != y, breakable)  # early stop loses nothing here
+    assert (stats.gradient_evaluations[breakable] < full).all()
+    assert (stats.gradient_evaluations[~breakable] == full).all()
+    assert torch.equal(stats.broken_on_selection, breakable)
+    # Without early stop every image spends the whole budget.
+    never = AttackStats()
+    apgd(model, x, y, eps=0.3, steps=20, restarts=2, generator=torch.Generator().manual_seed(0), early_stop=False,
+         stats=never)
+    assert (never.gradient_evaluations == full).all()
+
+
+def test_when_every_image_is_broken_the_rest_of_the_budget_is_skipped_but_reported_to_progress():
+    model = linear_classifier(num_classes=2, seed=0)
+    x, y = images_it_gets_right(model, n=4)
+    ticks = []
+    x_adv, history = apgd(model, x, y, eps=1.0, steps=10, restarts=3, generator=torch.Generator().manual_seed(0),
+                          callback=ticks.append, record_at=(5, 30))
+    assert sum(ticks) == 30 and len(ticks) < 30
+    assert (model(x_adv).argmax(-1) != y).all()
+    torch.testing.assert_close(history[30], x_adv, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------- AutoAttack rand
@@ -423,9 +554,12 @@ def test_autoattack_rand_never_returns_the_clean_input_for_an_unflipped_point():
     model = NoisyLinear()
     x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     y = model.linear(x).argmax(-1)
-    x_adv = autoattack_rand(model, x, y, eps=1e-3, steps=3, eot_samples=2)  # too small to flip anything
+    stats = AttackStats()
+    x_adv = autoattack_rand(model, x, y, eps=1e-3, steps=3, eot_samples=2, stats=stats)  # too small to flip anything
     assert ((x_adv - x).flatten(1).abs().max(1).values > 0).all()
     assert (x_adv - x).abs().max() <= 1e-3 + 1e-7
+    # Both APGDs run their whole budget on every image (the published attack): 2 x (3 steps + start) x EOT 2.
+    assert stats.gradient_evaluations.tolist() == [16] * 6
 
 
 # ---------------------------------------------------------------------------------------------------- convergence

@@ -238,3 +238,86 @@ def test_evaluate_mnist_scripts_pass_only_settings_the_evaluation_knows(tmp_path
     assert flags <= known, flags - known
     value = {flag: args[args.index(f"--{flag}") + 1] for flag in ("norm", "eps", "steps", "loss", "rescore_runs")}
     assert value == {"norm": norm, "eps": eps, "steps": "100", "loss": "margin", "rescore_runs": "5"}
+
+
+def test_attack_comparison_runs_both_attacks_paired_and_resumes(mnist_pipeline, tmp_path, capsys):
+    module = _script("attack_comparison")
+    argv = ["--pipeline", str(mnist_pipeline), "--num_images", "2", "--chunk", "1", "--steps", "2", "--restarts", "1",
+            "--targeted_restarts", "1", "--eot_samples", "1", "--rescore_runs", "3", "--defenses", "none",
+            "--work_dir", str(tmp_path / "units"), "--results_dir", str(tmp_path)]
+    before = _committed_state()
+    module.main(argv)
+    assert _committed_state() == before
+    printed = capsys.readouterr().out
+    assert "CPU-min left" in printed and "default not weaker" in printed
+    (folder,) = (tmp_path / "units").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["none-00000.json", "none-00001.json"]
+    unit = json.loads((folder / "none-00000.json").read_text())
+    assert len(unit["clean_correct"]) == 3 and len(unit["default"]["correct"][0]) == 1
+    assert unit["plain"]["gradient_evaluations"] == [6]  # equal budget: (2 steps + start) x EOT 1 x 2 runs
+    assert 0 < unit["default"]["gradient_evaluations"][0] <= 2 * (2 + 1)
+    result = json.loads((tmp_path / "attack_comparison.json").read_text())["results"]["none"]
+    assert result["num_images"] == 2
+    for method in ("default", "plain"):
+        for score in ("all", "majority", "single"):
+            assert 0 <= result[method][score] <= 1
+    assert result["default"]["all"] <= result["default"]["majority"]
+    module.run_unit = lambda *a, **k: pytest.fail("a saved unit was computed again")
+    module.main(argv)  # every unit is read back
+
+
+def test_attack_comparison_counts_paired_disagreements():
+    module = _script("attack_comparison")
+    clean = [[1, 1, 1], [1, 1, 1], [1, 1, 1]]  # K = 3 runs x 3 images, all clean-correct
+    unit = {"clean_correct": clean,
+            "default": {"correct": [[0, 1, 1], [0, 1, 1], [0, 1, 0]], "gradient_evaluations": [2, 8, 8],
+                        "attack_cpu_s": 1.0},
+            "plain": {"correct": [[1, 0, 1], [1, 0, 1], [1, 0, 1]], "gradient_evaluations": [8, 8, 8],
+                      "attack_cpu_s": 1.0}}
+    result = module.summarize([unit])
+    assert result["default"]["all"] == 1 / 3 and result["plain"]["all"] == 2 / 3
+    assert result["default"]["majority"] == 2 / 3 and result["plain"]["majority"] == 2 / 3
+    assert result["paired"]["majority"] == {"robust_to_default_broken_by_plain": 1,
+                                            "robust_to_plain_broken_by_default": 1}
+    assert result["default"]["mean_gradient_evaluations"] == 6 and result["default_not_weaker"]
+
+
+def test_plain_attack_breaks_an_undefended_linear_classifier_inside_the_ball():
+    import torch
+    from torch import nn
+
+    module = _script("attack_comparison")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(-1)
+    x_adv = module.plain_attack(model, x, y, eps=1.0, gradient_evaluations=20, generator=torch.Generator())
+    assert (x_adv - x).abs().max() <= 1.0 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (model(x_adv).argmax(-1) != y).float().mean() > 0.5
+
+
+def test_guidance_weight_sweep_scores_every_weight_and_the_worst_case(mnist_pipeline, tmp_path, capsys):
+    module = _script("guidance_weight")
+    module.main(["--pipeline", str(mnist_pipeline), "--num_images", "1", "--chunk", "1", "--steps", "1",
+                 "--targeted_restarts", "1", "--rescore_runs", "2", "--weights", "0", "1",
+                 "--work_dir", str(tmp_path / "units"), "--results_dir", str(tmp_path)])
+    result = json.loads((tmp_path / "guidance_weight.json").read_text())["results"]
+    assert set(result) == {"w0", "w1", "worst case over weights"}
+    for score in ("all", "majority", "single"):
+        assert result["worst case over weights"][score] <= min(result["w0"][score], result["w1"][score])
+    assert "CPU-min left" in capsys.readouterr().out
+
+
+def test_gradient_throughput_reports_multiples_of_a_unet_forward(mnist_pipeline, tmp_path, capsys):
+    module = _script("gradient_throughput")
+    module.main(["--pipeline", str(mnist_pipeline), "--num_images", "1", "--repeats", "1",
+                 "--results_dir", str(tmp_path)])
+    numbers = json.loads((tmp_path / "gradient_throughput.json").read_text())["results"]
+    rows = {(r["defense"], r["guidance_path"]): r for r in numbers["rows"]}
+    assert set(rows) == {("undefended", "n/a"), ("none", "n/a"), ("pixel", "n/a"), ("latent", "two calls"),
+                         ("latent", "one batch (before)")}
+    assert rows[("none", "n/a")]["vs_unguided"] == 1.0
+    for row in rows.values():
+        assert row["unet_forwards"] == pytest.approx(row["seconds_per_image_gradient"]
+                                                     / numbers["units"]["unet_forward_s"])
+    assert "UNet forwards" in capsys.readouterr().out

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -75,3 +77,25 @@ def test_call_records_no_gradients():
     pipe = dummy_pipeline()
     out = pipe(dummy_images(), output_type="pt", generator=torch.Generator().manual_seed(0))
     assert not out.images.requires_grad and not out.logits.requires_grad
+
+
+@pytest.mark.parametrize("target", ["diffused", "input"])
+def test_one_batched_guidance_call_equals_two_separate_calls(target):
+    """x_t and x'_t go through the guidance network in two calls; the older path, one batch of 2B, gives the same
+    purified images and the same exact gradient (up to float rounding) for a fixed generator."""
+    from diffusers_agdm.guided_step import batched_guidance_calls
+
+    pipe = dummy_pipeline("ddim", guidance_target=target)
+    x = dummy_images(3)
+    outputs = []
+    for batched in (False, True):
+        with batched_guidance_calls() if batched else contextlib.nullcontext():
+            purified = pipe.purify(x, guidance="latent", generator=torch.Generator().manual_seed(4))
+            z = x.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(_loss(pipe, z, "latent", checkpointing=True, seed=4), z)
+        outputs.append((purified, grad))
+    (purified_two, grad_two), (purified_one, grad_one) = outputs
+    assert grad_one.abs().sum() > 0
+    torch.testing.assert_close(purified_one, purified_two, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_one, grad_two, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(purified_one, pipe.purify(x, guidance="none", generator=torch.Generator().manual_seed(4)))

@@ -1,9 +1,11 @@
 """
 Adaptive attacks on purification defenses.
 
-- [`apgd`]: APGD-EOT with restarts (Linf, L2), the default attack: adaptive step size, momentum, the worst iterate
-  over all iterations and restarts. Given `pipe.defended_classifier(...)` its gradient is exact: through the forward
-  noising, every reverse step, the guidance gradient (second order through the guidance network) and the classifier.
+- [`apgd`]: APGD-EOT with restarts (Linf, L2), the default attack: adaptive step size, momentum, per image the
+  iterate that fails the defense most often on fresh selection draws, early stop once broken on all of them
+  ([`AttackStats`] records the evaluations spent). Given `pipe.defended_classifier(...)` its gradient is exact:
+  through the forward noising, every reverse step, the guidance gradient (second order through the guidance
+  network) and the classifier.
 - [`pgd`]: plain PGD-EOT, for comparison with the literature.
 - [`per_image_loss`]: cross-entropy (in a form whose gradient never vanishes), margin (CW) and DLR.
 - [`AttackObjective`]: the EOT-averaged loss, optionally plus a term on the guidance network's own class prediction
@@ -15,7 +17,7 @@ Adaptive attacks on purification defenses.
 - [`rescore`]: re-run a stochastic defense K times on the images; "all K correct", "majority of K", one run.
 """
 
-from .apgd import apgd, checkpoints
+from .apgd import SELECTION_DRAWS, AttackStats, apgd, checkpoints, selection_scores
 from .autoattack import AUTOATTACK_VERSIONS, autoattack, autoattack_rand
 from .losses import LOSSES, attack_loss, per_image_loss
 from .objective import AttackObjective, guidance_target_logits
@@ -26,10 +28,12 @@ from .surrogates import BPDAClassifier, surrogate_defense
 __all__ = [
     "AUTOATTACK_VERSIONS",
     "AttackObjective",
+    "AttackStats",
     "BPDAClassifier",
     "LOSSES",
     "NORMS",
     "RescoredPredictions",
+    "SELECTION_DRAWS",
     "apgd",
     "ascent_direction",
     "attack_loss",
@@ -44,5 +48,6 @@ __all__ = [
     "pgd",
     "project",
     "rescore",
+    "selection_scores",
     "surrogate_defense",
 ]

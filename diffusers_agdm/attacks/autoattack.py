@@ -13,7 +13,7 @@ draws of the defense (not the draws that score the result).
 import torch
 
 from ..utils.validation import check_int
-from .apgd import apgd
+from .apgd import AttackStats, apgd
 from .losses import per_image_loss
 from .pgd import NORMS, check_budget
 
@@ -45,11 +45,14 @@ def autoattack_rand(
     selection_runs: int = 5,
     generator: torch.Generator | None = None,
     callback=None,
+    stats: AttackStats | None = None,
 ) -> torch.Tensor:
     r"""
     AutoAttack 'rand': APGD-CE and APGD-DLR, each `steps` iterations with EOT over `eot_samples` draws, both run on
     every image; per image the candidate with the larger margin loss averaged over `selection_runs` fresh calls of
-    `model` is returned. Never the clean input: an unflipped point comes back as its worst iterate.
+    `model` is returned. Never the clean input: an unflipped point comes back as its worst iterate. Each APGD keeps
+    its worst iterate by its own EOT loss and runs its full budget on every image (`selection_draws=0`), as the
+    published attack does; `stats` ([`AttackStats`]) receives the evaluations spent.
 
     Example:
 
@@ -66,12 +69,15 @@ def autoattack_rand(
     check_budget(norm, eps, steps, None, eot_samples)
     check_int("selection_runs", selection_runs)
     candidates = [apgd(model, images, labels, eps=eps, norm=norm, steps=steps, eot_samples=eot_samples,
-                       eot_batch=eot_batch, loss=loss, generator=generator, callback=callback)
+                       eot_batch=eot_batch, loss=loss, generator=generator, callback=callback, selection_draws=0,
+                       stats=stats)
                   for loss in ("ce", "dlr")]
     with torch.no_grad():
         scores = torch.stack([
             torch.stack([per_image_loss(model(x), labels, "margin") for _ in range(selection_runs)]).mean(0)
             for x in candidates])
+    if stats is not None:
+        stats.forward_evaluations = stats.forward_evaluations + 2 * selection_runs
     pick = scores.argmax(0).view(-1, *([1] * (images.ndim - 1)))
     return torch.where(pick == 0, candidates[0], candidates[1])
 

@@ -164,7 +164,7 @@ def pgd(
     images = images.detach()
     if eps == 0:
         return images.clone()
-    objective = AttackObjective(model, loss, eot_samples, eot_batch, guidance_weight)
+    objective = AttackObjective(model, loss, eot_samples, eot_batch, guidance_weight, norm=norm)
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     delta = random_perturbation(images, norm, eps, generator) if random_start else torch.zeros_like(images)
     x_adv = (images + delta).clamp(0, 1)

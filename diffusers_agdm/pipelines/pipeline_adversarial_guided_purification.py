@@ -16,7 +16,7 @@ from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..guided_step import GuidanceSettings, GuidedReverseStep, replayed_step
+from ..guided_step import GuidanceSettings, GuidedReverseStep, input_class_logits, replayed_step
 from ..hub import push_pipeline_to_hub
 from ..loading import check_component_folders
 from ..models.guidance import GuidanceModel
@@ -359,7 +359,7 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         target_label = None
         if guidance.active and guidance.mode == "latent" and guidance.class_guidance:
             with torch.no_grad():  # y_hat is a discrete choice: nothing to differentiate
-                target_label = self.guidance(reference, torch.zeros_like(timesteps[:1])).logits.argmax(-1)
+                target_label = input_class_logits(self.guidance, images.to(device)).argmax(-1)
 
         step = GuidedReverseStep(self.unet, scheduler, self.guidance, guidance, eta=settings.eta,
                                  timesteps=settings.timesteps)

@@ -1,0 +1,99 @@
+"""
+Which weight of the guidance-target term lowers latent guidance most? `apgd-guidance`, exactly as `agdm evaluate`
+runs it (its budget, seeds, targeted runs aimed at one class in both terms, the term normalised to the end-to-end
+gradient: see `diffusers_agdm.attacks.objective`), at each `--weights` value on the same held-out images of the
+embedded default's latent defense; weight 0 is plain `apgd`. Each weight is scored on the same K fresh defense runs,
+clean-and-robust (all K / majority / one run), so the weights are compared image by image; the per-image worst case
+over all weights is reported too.
+
+Units of `--chunk` images are saved as they finish under `--work_dir/<settings>/` (rerun the same command to
+resume); the CPU time left is printed after each; the summary goes to `results/guidance_weight.json`.
+
+    OMP_NUM_THREADS=1 python benchmarks/guidance_weight.py --num_images 32                 # the full run
+    OMP_NUM_THREADS=1 python benchmarks/guidance_weight.py --num_images 2 --steps 2 --targeted_restarts 1
+"""
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attack_units import (  # noqa: E402
+    SCORES,
+    AttackBench,
+    add_common_arguments,
+    check_common_arguments,
+    clean_and_robust,
+    load_units,
+    run_units,
+)
+
+from common import RESULTS_DIR, markdown_table, write_results  # noqa: E402
+
+WORK_DIR = RESULTS_DIR / "guidance_weight"
+
+
+def weight_key(weight: float) -> str:
+    return f"w{weight:g}"
+
+
+def run_unit(bench: AttackBench, weight: float, start: int) -> dict:
+    end, images, labels = bench.batch(start)
+    config = dataclasses.replace(bench.config, guidance_weight=weight)
+    attack = "apgd-guidance" if weight > 0 else "apgd"
+    adversarial, cost = bench.default_attack("latent", attack, images, labels, start, config=config)
+    return {"weight": weight, "start": start, "end": end, "labels": labels.tolist(),
+            "clean_correct": bench.score("latent", images, labels, start),
+            "correct": bench.score("latent", adversarial, labels, start), **cost}
+
+
+def summarize(by_weight: dict) -> dict:
+    out, worst = {}, None
+    for weight, units in by_weight.items():
+        robust = {s: [] for s in SCORES}
+        for unit in units:
+            per_image = clean_and_robust(unit["clean_correct"], unit["correct"])
+            for score in SCORES:
+                robust[score] += per_image[score]
+        n = len(robust["all"])
+        out[weight] = {score: sum(v) / n for score, v in robust.items()} | {
+            "num_images": n, "mean_gradient_evaluations": sum(sum(u["gradient_evaluations"]) for u in units) / n}
+        # Units of every weight share their images and scoring draws: robust only if no weight broke the image.
+        worst = robust if worst is None else {s: [a and b for a, b in zip(worst[s], robust[s])] for s in SCORES}
+    if worst is not None:
+        out["worst case over weights"] = {s: sum(v) / len(v) for s, v in worst.items()} | {"num_images": len(
+            worst["all"])}
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, WORK_DIR)
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    parser.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
+    if any(not w >= 0 for w in args.weights):
+        parser.error("--weights must be >= 0")
+    if args.results_dir.exists() and not args.results_dir.is_dir():
+        parser.error(f"--results_dir {args.results_dir} is not a folder")
+    started = time.time()
+    bench = AttackBench(args)
+    work = args.work_dir / (f"eps{args.eps:g}-steps{args.steps}-runs{args.restarts}+{args.targeted_restarts}t"
+                            f"-eot{args.eot_samples}-k{args.rescore_runs}-seed{args.seed}")
+    weights = {weight_key(w): w for w in dict.fromkeys(args.weights)}
+    print(f"{bench.budget} gradient evaluations per image at most; units in {work}", flush=True)
+    run_units(args, work, list(weights), lambda key, start: run_unit(bench, weights[key], start))
+    summary = summarize({key: [u for u in load_units(work, key)
+                               if args.start_index <= u["start"] < args.start_index + args.num_images]
+                         for key in weights})
+    rows = [[key, *(f"{100 * s[score]:.1f}" for score in SCORES), str(s["num_images"])] for key, s in summary.items()]
+    print(markdown_table(["guidance weight", "all K %", "majority %", "one run %", "images"], rows))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    write_results("guidance_weight", settings, summary, started, results_dir=args.results_dir)
+
+
+if __name__ == "__main__":
+    main()
