@@ -32,6 +32,7 @@ _LAZY = {
     "PurifiedClassifier": ".pipelines",
     "default_pipeline_path": ".pretrained",
     "load_pipeline": ".pretrained",
+    "sample_image_path": ".pretrained",
     "PurificationSettings": ".settings",
 }
 

@@ -25,7 +25,7 @@ from ..utils.diffusion import diffuse
 from ..utils.models import sample_size as model_sample_size
 from ..utils.schedule import is_fixed_stride, scheduler_for
 from .components import COMPONENT_NAMES, check_components, logits_of
-from .inputs import check_image_input
+from .inputs import check_image_input, pil_images_to_tensor
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -448,6 +448,9 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
     def _to_tensor(self, image) -> torch.Tensor:
         if torch.is_tensor(image):
             return image[None] if image.ndim == 3 else image
+        if isinstance(image, PIL.Image.Image) or (isinstance(image, (list, tuple)) and image
+                                                  and isinstance(image[0], PIL.Image.Image)):
+            return pil_images_to_tensor(image, self.unet.config.in_channels)  # scaled by pixel type (16-bit, float)
         return self.image_processor.preprocess(image)
 
     @torch.no_grad()
