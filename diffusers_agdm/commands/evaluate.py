@@ -3,8 +3,9 @@
     agdm evaluate --pipeline path/or/hub-id --dataset_name mnist --split test --num_images 64 --eps 0.3 \\
         --attacks pgd,bpda --output_dir outputs/eval
 
-Under `accelerate launch --multi_gpu --num_processes N -m diffusers_agdm.cli evaluate ...` the images are split between the
-processes and the result equals a one-process run with the same seeds.
+Under `accelerate launch --multi_gpu --num_processes N -m diffusers_agdm.cli evaluate ...` (`--multi_gpu` on CPUs too:
+without it a machine with no GPU gets one process) the images are split between the processes and the result equals
+a one-process run with the same seeds.
 """
 
 import argparse

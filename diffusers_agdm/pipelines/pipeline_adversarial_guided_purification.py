@@ -143,6 +143,18 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
             check_component_folders(pretrained_model_name_or_path, given=kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """[`ConfigMixin.save_config`] without `_name_or_path`: where this pipeline was loaded from is not part of
+        it, and is often a path on the machine that saved it (`save_pretrained` writes `model_index.json` here)."""
+        from diffusers.configuration_utils import FrozenDict
+
+        kept = self._internal_dict
+        self._internal_dict = FrozenDict({k: v for k, v in kept.items() if k != "_name_or_path"})
+        try:
+            return super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self._internal_dict = kept
+
     @property
     def sample_size(self) -> int:
         """The height (= width) of the images the UNet works on."""
