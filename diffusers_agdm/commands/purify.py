@@ -109,14 +109,14 @@ class PurifyCommand(BaseAgdmCLICommand):
 
 def read_image(path: Path):
     """The decoded image (a truncated or unreadable file fails here, with its name, not halfway through)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if not path.is_file():
         raise ValueError(f"No such image file: {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy()
+            return ImageOps.exif_transpose(image)  # a phone photo upright, as a viewer shows it (a copy)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {path} as an image ({err}).") from err
 

@@ -15,6 +15,10 @@ def image_to_unit_range(item, where: str = "an image") -> np.ndarray:
             item = item.convert("L")
         elif item.mode == "P":
             item = item.convert("RGBA" if "transparency" in item.info else "RGB")
+        elif item.mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):  # colour spaces other than RGB (e.g. CMYK JPEGs)
+            item = item.convert("RGB")
+        elif item.mode in ("La", "RGBa"):  # premultiplied alpha
+            item = item.convert("LA" if item.mode == "La" else "RGBA")
         sixteen_bit = item.mode.startswith("I;16") or item.mode == "I"  # PIL opens 16-bit PNGs as I;16 or I
     array = np.asarray(item)
     if array.dtype == np.bool_:
