@@ -242,3 +242,5 @@ def test_a_failed_purify_leaves_no_empty_output_folder(tmp_path):
     Image.fromarray(np.full((28, 28), 2.0, np.float32), mode="F").save(float_range)  # readable, refused later
     assert main(["purify", str(float_range), "--output_dir", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()
+    assert main(["purify", "--output_dir", str(tmp_path / "never")]) == 2  # nothing named, no --sample
+    assert not (tmp_path / "never").exists()
