@@ -40,6 +40,15 @@ def _header(r) -> list[str]:
             f"{r['diffusers_agdm_version']}; wall time {r['wall_time_s'] / 60:.1f} min.", ""]
 
 
+def _t_star(res: dict) -> str:
+    """t* as the timestep purification started from. Results of earlier versions recorded only `strength`, which then
+    followed Diffusers' img2img convention (a strided schedule starting at its last step at or below strength x T),
+    not today's (t* = strength x T): shown as recorded, and said so."""
+    if "first_timestep" in res:
+        return f"t* = {res['first_timestep']} (strength {res['strength']})"
+    return f"strength {res['strength']} as recorded by an earlier version (img2img convention, not today's t*)"
+
+
 def throughput(r) -> list[str]:
     lines = ["## 1. Purification throughput", "", *_header(r)]
     for name, res in r["results"].items():
@@ -49,7 +58,7 @@ def throughput(r) -> list[str]:
         ratio = modes["latent"]["ratio_to_unguided"]
         lines += [f"### {name}", "",
                   f"UNet {params['unet'] / 1e6:.2f}M and guidance network {params['guidance'] / 1e6:.2f}M parameters; "
-                  f"t* = {res['strength']}, {res['num_inference_steps']} DDIM steps, batch {res['batch_size']}, "
+                  f"{_t_star(res)}, {res['num_inference_steps']} DDIM steps, batch {res['batch_size']}, "
                   "median "
                   f"of {res['repeats']} interleaved repeats, latent scale {res['guidance_scale']}.", "",
                   markdown_table(["guidance", "images / s", "s / batch", "time vs unguided"], rows), "",
