@@ -29,7 +29,7 @@ class PurifyCommand(BaseAgdmCLICommand):
                         "with the classifier's predictions.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         parser.add_argument("images", nargs="*", help="image files")
-        parser.add_argument("--sample", action="store_true",
+        parser.add_argument("--sample", action=argparse.BooleanOptionalAction, default=False,
                             help="also purify the real held-out MNIST test digit that ships with the package")
         parser.add_argument("--output_dir", default="outputs/purified",
                             help="folder for the purified images and comparison.png")
@@ -54,6 +54,7 @@ class PurifyCommand(BaseAgdmCLICommand):
 
         from ..pipelines.inputs import prepare_user_image
         from ..pretrained import sample_image_path
+        from ..utils.images import image_to_unit_range
         from ..utils.paths import check_output_dir
 
         args = self.args
@@ -61,6 +62,8 @@ class PurifyCommand(BaseAgdmCLICommand):
         if not files:
             raise ValueError("no image to purify: name image files, or pass --sample for the shipped digit.")
         inputs = [read_image(p) for p in files]  # every file readable before the pipeline loads
+        for path, image in zip(files, inputs):  # and of a pixel type and range it can be read as
+            image_to_unit_range(image, where=str(path))
         existed = Path(args.output_dir).exists()
         output = check_output_dir(args.output_dir)
         try:

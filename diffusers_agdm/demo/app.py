@@ -11,6 +11,7 @@ says so; `agdm evaluate` is the measurement.
 """
 
 import argparse
+import tempfile
 
 import numpy as np
 import torch
@@ -131,7 +132,7 @@ def caption(rows: list[dict], names: list[str], label: int, steps: int, eps: flo
     said = "; ".join(f"**{key}**: {', '.join(found)}" for key, found in groups.items() if found)
     return (f"The digit {names[label]}, attacked at Linf eps {eps:g} by PGD-{steps} (margin loss, exact gradient "
             f"through each defense, no EOT): a weak interactive budget, so a defense that holds here can still fall "
-            f"to `agdm evaluate`'s APGD-EOT, and one fooled here is fooled for sure. {said}.")
+            f"to `agdm evaluate`'s APGD-EOT, while one fooled here is fooled by this very image. {said}.")
 
 
 def adversarial_files(rows: list[dict], folder) -> list[str]:
@@ -185,8 +186,6 @@ def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None, previ
     pipe.set_progress_bar_config(disable=True)
     names = class_names(pipe)
     size, channels = pipe.sample_size, pipe.unet.config.in_channels
-
-    import tempfile
 
     def run(drawn, uploaded, true_label, eps, attack_steps, k, progress=gr.Progress()):
         try:
@@ -268,8 +267,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    import tempfile
-
     from diffusers_agdm import load_pipeline
 
     args = parse_args(argv)
