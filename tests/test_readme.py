@@ -341,6 +341,13 @@ def test_readme_figures_are_the_measured_ones():
     assert first["exit_code"] == 0 and [shlex.split(c["command"])[:2] for c in first["commands"]] == \
         [["agdm", "info"], ["agdm", "purify"]]
     assert f"The two `agdm` commands took {first['wall_s']:.0f} s wall together" in text
+    spec = importlib.util.spec_from_file_location("time_quickstart", REPO / "benchmarks" / "time_quickstart.py")
+    timer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timer)  # what the timing script reads from the README is what was timed
+    assert [command[:2] for command in timer.first_success_commands()] == [["agdm", "info"], ["agdm", "purify"]]
+    assert [shlex.split(c["command"].replace("<tmp>/", "outputs/")) for c in first["commands"]] == \
+        timer.first_success_commands()
+    assert timer.quickstart_command()[:2] == ["agdm", "evaluate"]
     quick = _result("quickstart_time")
     assert f"It took {quick['wall_s'] / 60:.1f} minutes ({quick['cpu_s']:.0f} CPU-seconds)" in text
     convergence = _result("attack_convergence")
