@@ -72,6 +72,7 @@ def measure(pipe, batch_size: int, repeats: int, seed: int) -> dict:
                     "ratio_to_unguided": median[mode] / median["none"], "all_s": times[mode]} for mode in MODES}
     params = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "guidance")}
     return {"batch_size": batch_size, "repeats": repeats, "strength": pipe.config.strength,
+            "first_timestep": pipe.resolve_settings().first_timestep,
             "num_inference_steps": pipe.config.num_inference_steps, "guidance_scale": pipe.config.guidance_scale,
             "pixel_guidance_scale": pipe.config.pixel_guidance_scale, "parameters": params, "modes": modes}
 

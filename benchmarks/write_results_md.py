@@ -40,6 +40,15 @@ def _header(r) -> list[str]:
             f"{r['diffusers_agdm_version']}; wall time {r['wall_time_s'] / 60:.1f} min.", ""]
 
 
+def _t_star(res: dict) -> str:
+    """t* as the timestep purification started from. Results of earlier versions recorded only `strength`, which then
+    followed Diffusers' img2img convention (a strided schedule starting at its last step at or below strength x T),
+    not today's (t* = strength x T): shown as recorded, and said so."""
+    if "first_timestep" in res:
+        return f"t* = {res['first_timestep']} (strength {res['strength']})"
+    return f"strength {res['strength']} as recorded by an earlier version (img2img convention, not today's t*)"
+
+
 def throughput(r) -> list[str]:
     lines = ["## 1. Purification throughput", "", *_header(r)]
     for name, res in r["results"].items():
@@ -49,7 +58,7 @@ def throughput(r) -> list[str]:
         ratio = modes["latent"]["ratio_to_unguided"]
         lines += [f"### {name}", "",
                   f"UNet {params['unet'] / 1e6:.2f}M and guidance network {params['guidance'] / 1e6:.2f}M parameters; "
-                  f"t* = {res['strength']}, {res['num_inference_steps']} DDIM steps, batch {res['batch_size']}, "
+                  f"{_t_star(res)}, {res['num_inference_steps']} DDIM steps, batch {res['batch_size']}, "
                   "median "
                   f"of {res['repeats']} interleaved repeats, latent scale {res['guidance_scale']}.", "",
                   markdown_table(["guidance", "images / s", "s / batch", "time vs unguided"], rows), "",
@@ -193,12 +202,46 @@ def gradient_throughput(r) -> list[str]:
             ""]
 
 
-def quickstart(r) -> list[str]:
-    n = r["results"]
-    return ["## 6. The README's first command", "", *_header(r),
-            f"`{n['command']}` (the install excluded): **{n['wall_s'] / 60:.1f} min wall, {n['cpu_s'] / 60:.1f} "
-            f"CPU-min**, exit code {n['exit_code']}, on {n['cpu_count']} cores with load average "
-            f"{n['load_average_before'][0]:.2f} when it started.", ""]
+def quickstart(r, first=None) -> list[str]:
+    """The README's first steps, timed by `benchmarks/time_quickstart.py`: the first success (`agdm info`, then
+    `agdm purify --sample`) and the short evaluation. The commands set their own torch threads (`agdm` gives torch
+    the idle cores), so the timing script's own thread count is not theirs."""
+    lines = ["## 6. The README's first commands", ""]
+    for label, result in (("First success", first), ("Short evaluation", r)):
+        if result is None:
+            lines += [f"{label}: not measured yet (`python benchmarks/time_quickstart.py`).", ""]
+            continue
+        n, m = result["results"], result["machine"]
+        runs = n.get("commands") or [{"command": n["command"], "wall_s": n["wall_s"]}]
+        target = (f" (target < {n['target_s']:.0f} s: **{'met' if n['met'] else 'not met'}**)"
+                  if "target_s" in n else "")
+        lines += [f"### {label}", "", f"Command: `{result['command']}`; {m['cpu_count']} CPU cores, torch "
+                  f"{m['torch']}, diffusers-agdm {result['diffusers_agdm_version']}.", "",
+                  *(f"- `{run['command']}`: {run['wall_s']:.1f} s wall" for run in runs), "",
+                  f"In all, after the install: **{n['wall_s']:.1f} s wall ({n['wall_s'] / 60:.1f} min), "
+                  f"{n['cpu_s']:.0f} CPU-s**{target}, exit code {n['exit_code']}, load average "
+                  f"{n['load_average_before'][0]:.2f} when it started.", ""]
+    return lines
+
+
+def withdrawn(name: str, why: str) -> list[str]:
+    """A section whose committed result was measured by an earlier version of the code: not shown (its numbers and
+    its command no longer describe this version), with how to measure it again."""
+    return [f"## {SECTION_TITLES[name]}", "", f"**Not shown: `results/{name}.json` was measured by an earlier "
+            f"version of this project ({why}); its numbers and its command do not describe this version.** Rerun "
+            f"`python benchmarks/{name}.py` to measure it again.", ""]
+
+
+SECTION_TITLES = {"steps_vs_robustness": "3. Steps against robustness", "robustness_table": "4. The robustness table"}
+
+
+def stale_reason(name: str, r) -> str | None:
+    """Why a committed result no longer describes the code, or None."""
+    if name == "steps_vs_robustness" and "attack" not in r["settings"]:
+        return "PGD with float32 cross-entropy on 4 images, and `strength` under the img2img convention"
+    if name == "robustness_table" and _is_old_protocol(r):
+        return "PGD-10 with float32 cross-entropy, not clean-and-robust; withdrawn, see section 0"
+    return None
 
 
 def _spread_note(seeds) -> str:
@@ -294,9 +337,15 @@ def main(argv=None):
                 ("attack_memory", memory), ("steps_vs_robustness", steps), ("robustness_table", table),
                 ("gradient_throughput", gradient_throughput), ("quickstart_time", quickstart))
     loaded = {name: _load(args.results_dir, name) for name, _ in sections}
+    loaded["first_success_time"] = _load(args.results_dir, "first_success_time")
     for name, render in sections:
         r = loaded[name]
-        parts += render(r) if r else [f"## {name}", "", "Not measured yet.", ""]
+        if name == "quickstart_time":
+            parts += quickstart(r, loaded["first_success_time"])
+        elif r and stale_reason(name, r):
+            parts += withdrawn(name, stale_reason(name, r))
+        else:
+            parts += render(r) if r else [f"## {name}", "", "Not measured yet.", ""]
     extra = Path(__file__).resolve().parent / "NOTES.md"
     if extra.is_file():
         parts += [extra.read_text()]

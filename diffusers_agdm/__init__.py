@@ -32,6 +32,7 @@ _LAZY = {
     "PurifiedClassifier": ".pipelines",
     "default_pipeline_path": ".default_pipeline",
     "load_pipeline": ".default_pipeline",
+    "sample_image_path": ".default_pipeline",
     "PurificationSettings": ".settings",
 }
 

@@ -4,7 +4,7 @@ The `agdm` command line: the entry point only. Each subcommand lives in its own 
 embedded default MNIST pipeline.
 
     agdm evaluate --num_images 16 --output_dir outputs/quickstart
-    accelerate launch --num_processes 2 -m diffusers_agdm.cli evaluate ...
+    accelerate launch --multi_gpu --num_processes 2 -m diffusers_agdm.cli evaluate ...
 
 Only the command that runs gets its full parser: the others are listed by name and one-line help, so `agdm --help`
 and `agdm --version` import neither torch nor Diffusers.

@@ -3,6 +3,9 @@
 from pathlib import Path
 
 DEFAULT_PIPELINE_NAME = "agdm-mnist"
+# The first image of the official MNIST test set (a 7, as the foolbox wheel ships it): never seen in training, and
+# the input of `agdm purify --sample`.
+SAMPLE_IMAGE_NAME = "digit_7.png"
 
 
 def default_pipeline_path() -> Path:
@@ -10,6 +13,24 @@ def default_pipeline_path() -> Path:
     path = Path(__file__).parent / "pretrained" / DEFAULT_PIPELINE_NAME
     if not (path / "model_index.json").is_file():
         raise ValueError(f"The embedded default pipeline is missing from {path}; reinstall diffusers-agdm.")
+    return path
+
+
+def sample_image_path() -> Path:
+    """A real held-out MNIST test digit (a 7, 28x28 grey PNG) that ships inside the package: `agdm purify --sample`
+    purifies it, and it is an input to try anything on without a dataset.
+
+    Example:
+
+    ```py
+    >>> from diffusers_agdm import sample_image_path
+    >>> sample_image_path().name
+    'digit_7.png'
+    ```
+    """
+    path = Path(__file__).parent / "assets" / SAMPLE_IMAGE_NAME
+    if not path.is_file():
+        raise ValueError(f"The sample digit is missing from {path}; reinstall diffusers-agdm.")
     return path
 
 

@@ -52,14 +52,17 @@ def test_purify_is_deterministic_for_a_seed(saved, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_purify_rejects_missing_and_wrong_sized_files(saved, tmp_path, capsys):
+def test_purify_rejects_missing_files_and_resizes_others_saying_so(saved, tmp_path, capsys):
     assert main(["purify", str(tmp_path / "nope.png"), "--output_dir", str(tmp_path / "o"), "--pipeline",
                  str(saved)]) == 2
     assert "No such image file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # Another size is no longer refused (it used to be, after loading the pipeline): resized, and said so.
     Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(tmp_path / "big.png")
     assert main(["purify", str(tmp_path / "big.png"), "--output_dir", str(tmp_path / "o"), "--pipeline",
-                 str(saved)]) == 2
-    assert "8x8 images, got 16x16" in capsys.readouterr().err
+                 str(saved)]) == 0
+    assert "big.png: resized 16x16 -> 8x8" in capsys.readouterr().out
+    assert Image.open(tmp_path / "o" / "big_purified.png").size == (8, 8)
 
 
 def _error_line(capsys, command):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_agdm.demo.app import DEFENSES, attack_each_defense, to_model_input
+from diffusers_agdm.demo.app import DEFENSES, adversarial_files, attack_each_defense, caption, to_model_input
 from dummies import dummy_pipeline
 
 
@@ -32,14 +32,40 @@ def test_attack_each_defense_attacks_the_bare_classifier_for_real():
     pipe.set_progress_bar_config(disable=True)
     image = torch.rand(1, 1, 8, 8)
     label = int(pipe.classifier_logits(image).argmax(-1))
-    rows = attack_each_defense(pipe, image, label, eps=0.5, steps=3, runs=3)
+    ticks = []
+    rows = attack_each_defense(pipe, image, label, eps=0.5, steps=3, runs=3,
+                               progress=lambda fraction, desc: ticks.append((fraction, desc)))
     assert [row["defense"] for row in rows] == list(DEFENSES)
+    # The progress bar moves with every attack iteration, not only between defenses.
+    assert sum("iteration" in desc for _, desc in ticks) == 3 * len(DEFENSES)
+    assert [f for f, _ in ticks] == sorted(f for f, _ in ticks) and ticks[-1][0] == 1.0
     bare = rows[0]
     assert bare["clean_votes"] == [label] * 3 and label not in bare["adversarial_votes"]  # 0.5 Linf breaks it
     for row in rows:
         assert (row["adversarial"] - image[0]).abs().max() <= 0.5 + 1e-6
         assert len(row["adversarial_votes"]) == 3 and row["purified"].shape == (1, 8, 8)
     assert torch.equal(bare["purified"], bare["adversarial"])  # nothing purifies the bare classifier
+    assert "**fooled**: bare classifier" in caption(rows, [str(i) for i in range(10)], label, 3, 0.5)
+
+
+def test_downloads_are_the_exact_adversarial_images(tmp_path):
+    from safetensors.torch import load_file
+
+    from diffusers_agdm.utils.images import image_to_unit_range
+
+    pipe = dummy_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 1, 8, 8)
+    rows = attack_each_defense(pipe, image, 0, eps=0.3, steps=2, runs=1, defenses=("undefended", "latent"))
+    paths = adversarial_files(rows, tmp_path)
+    assert all(p.endswith((".png", ".safetensors")) for p in paths) and len(paths) == 5
+    exact = load_file(paths[-1])
+    for row in rows:
+        assert torch.equal(exact[f"{row['defense']}/adversarial"], row["adversarial"].clamp(0, 1))
+        with Image.open(tmp_path / f"{row['defense']}_adversarial.png") as png:  # lossless 16-bit, not WebP
+            assert png.format == "PNG" and png.mode.startswith("I")
+            read = torch.from_numpy(image_to_unit_range(png))
+        assert (read - row["adversarial"][0]).abs().max() <= 0.5 / 65535 + 1e-7
 
 
 def _free_port() -> int:
@@ -61,11 +87,14 @@ def test_demo_answers_through_gradio_client(tmp_path):
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        picture, table = client.predict(None, handle_file(str(digit)), "0", 0.3, 2, 3, api_name="/attack")
+        picture, explained, table, files = client.predict(None, handle_file(str(digit)), "0", 0.3, 2, 3,
+                                                          api_name="/attack")
     finally:
         demo.close()
     shown = Image.open(picture)
     assert shown.size[0] > 400 and shown.size[1] > 4 * 112  # four rows of clean / adversarial / purified
     assert "True digit **0**" in table
+    assert "weak interactive budget" in explained and "PGD-2" in explained
+    assert len(files) == 2 * len(DEFENSES) + 1
     for title in DEFENSES.values():
         assert title in table

@@ -24,6 +24,7 @@ from dummies import put_in_hub_cache, repo_files
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 CARD = diffusers_agdm.default_pipeline_path() / "README.md"
+INSTALL_STEPS = ("python3 -m venv", ". .venv/bin/activate", "pip install")
 TINY = {"--num_images": "2", "--steps": "1", "--eot_samples": "1", "--rescore_runs": "1", "--sanity_images": "0",
         "--seeds": "0", "--batch_size": "2", "--num_examples": "1"}
 
@@ -153,6 +154,9 @@ def run_shell_example(command: str, tmp_path: Path, digits) -> None:
     argv = shlex.split(command)
     while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # OMP_NUM_THREADS=1 ...
         argv = argv[1:]
+    if argv[:2] == ["accelerate", "launch"] and "diffusers_agdm.cli" in argv:
+        run_launched_evaluate(argv, tmp_path)
+        return
     if argv[:2] == ["accelerate", "launch"]:
         argv = argv[2:]
     if argv[0] == "python" and argv[1].startswith("training/"):
@@ -191,13 +195,47 @@ def run_shell_example(command: str, tmp_path: Path, digits) -> None:
         raise AssertionError(f"no test runs this README example: {command}")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_launched_evaluate(argv: list[str], tmp_path: Path) -> None:
+    """`accelerate launch ... -m diffusers_agdm.cli evaluate ...` as written (its launch flags untouched, a free port
+    added so parallel runs do not collide), with a tiny budget; the report must record the processes it asked for."""
+    import os
+    import subprocess
+    import sys
+
+    split = argv.index("-m")
+    launch, (module, command_name, *flags) = argv[2:split], argv[split + 1:]
+    assert (module, command_name) == ("diffusers_agdm.cli", "evaluate"), argv
+    output = tmp_path / "launched"
+    tiny = _tiny(flags, output)
+    tiny[tiny.index("--num_images") + 1] = "4"  # two images per process
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch, "--main_process_port",
+                           str(_free_port()), "-m", module, command_name, *tiny], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((output / "results.json").read_text())
+    assert report["run"]["num_processes"] == int(launch[launch.index("--num_processes") + 1])
+    assert report["data"]["num_images"] == 4 and set(report["results"]) == {"undefended", "none", "pixel", "latent"}
+
+
 def shell_examples() -> list:
     examples = []
     for document in (README, CARD):
         commands = [c for block in code_blocks(document, "bash") for c in shell_commands(block)]
         for i, command in enumerate(commands):
-            if command.startswith("python3 -m venv"):  # command 1: the install steps, then the job it runs
-                command = command.split(" && ")[-1]
+            if command.startswith("python3 -m venv"):  # the install steps (CI's own install runs them), then a job
+                jobs = [part for part in command.split(" && ") if not part.startswith(INSTALL_STEPS)]
+                if not jobs:
+                    continue
+                command = " && ".join(jobs)
             name = "README" if document == README else "card"
             examples.append(pytest.param(command, id=f"{name}-{i}-{' '.join(shlex.split(command)[:2])[:40]}"))
     return examples
@@ -235,3 +273,108 @@ def test_card_usage_example_runs_from_the_hub_id_it_names(hub_cache, digits):
     # One unseeded run (the card passes no generator): 18 to 20 of the 20 digits in our runs, so the bar is 17.
     assert accuracy(namespace["out"], digits.labels) >= 0.85
     assert isinstance(namespace["defended"], torch.nn.Module)
+
+
+# What each training script gets appended in the recipe test: the same command, a budget of seconds (argparse keeps
+# the last value of a flag given twice).
+TRAINING_TINY = {
+    "train_diffusion.py": ["--max_train_steps", "2", "--block_out_channels", "4,8", "--norm_num_groups", "4"],
+    "train_classifier.py": ["--max_train_steps", "2", "--block_out_channels", "4", "--hidden_dim", "8"],
+    "train_guidance.py": ["--max_train_steps", "2", "--block_out_channels", "4,8", "--feature_dim", "8",
+                          "--norm_num_groups", "4", "--pgd_steps", "1"],
+    "tune_purification.py": ["--strengths", "0.3", "--latent_scales", "10", "--pixel_scales", "1", "--clean_images",
+                             "4", "--robust_images", "2", "--steps", "1", "--rescore_runs", "1", "--batch_size", "4",
+                             "--min_clean", "0", "--no-progress_bar"],
+}
+TRAINING_COMMON = ["--train_batch_size", "4", "--max_train_samples", "16", "--eval_samples", "4", "--report_to",
+                   "none", "--image_log_steps", "0", "--lr_warmup_steps", "0"]
+
+
+def training_recipe() -> list[tuple[str, list[str]]]:
+    """(script, argv) of every training command of the README and the card, in document order (README first)."""
+    steps = []
+    for document in (README, CARD):
+        for block in code_blocks(document, "bash"):
+            for command in shell_commands(block):
+                argv = shlex.split(command)
+                while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+                    argv = argv[1:]
+                if argv[:2] == ["accelerate", "launch"]:
+                    argv = argv[2:]
+                if argv and argv[0] == "python":
+                    argv = argv[1:]
+                if argv and argv[0].startswith("training/") and "--push_to_hub" not in argv:  # CIFAR: a GPU recipe
+                    steps.append((argv[0], argv[1:]))
+    return steps
+
+
+def test_training_recipe_runs_as_written_in_a_tiny_mode(tmp_path, monkeypatch, capsys):
+    """The "Train your own" chain (and the card's tuning command) as written, each command given a budget of seconds:
+    every folder one command reads, an earlier one wrote."""
+    monkeypatch.chdir(tmp_path)
+    recipe = training_recipe()
+    assert [Path(script).name for script, _ in recipe[:4]] == ["train_diffusion.py", "train_classifier.py",
+                                                               "train_guidance.py", "tune_purification.py"]
+    for script, argv in recipe:
+        name = Path(script).name
+        spec = importlib.util.spec_from_file_location(f"recipe_{Path(script).stem}", REPO / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        extra = TRAINING_TINY[name] + ([] if name == "tune_purification.py" else TRAINING_COMMON)
+        module.main([*argv, *extra])
+        output = Path(argv[argv.index("--output_dir") + 1])
+        assert (output / ("config.json" if name == "train_classifier.py" else "model_index.json")).is_file(), script
+    tuned = json.loads((tmp_path / "runs" / "agdm-mnist-tuned" / "tuning.json").read_text())
+    assert tuned["chosen"]["latent"]["strength"] == 0.3
+    pipe = diffusers_agdm.load_pipeline(str(tmp_path / "runs" / "agdm-mnist-tuned"))
+    assert pipe.classifier is not None and pipe.guidance is not None and pipe.config.guidance_scale == 10
+
+
+def _result(name: str) -> dict:
+    return json.loads((REPO / "benchmarks" / "results" / f"{name}.json").read_text())["results"]
+
+
+def test_readme_figures_are_the_measured_ones():
+    """Every time and cost the README quotes is read here from the benchmark result that measured it."""
+    text = " ".join(README.read_text().split())
+    first = _result("first_success_time")
+    assert first["exit_code"] == 0 and [shlex.split(c["command"])[:2] for c in first["commands"]] == \
+        [["agdm", "info"], ["agdm", "purify"]]
+    assert f"The two `agdm` commands took {first['wall_s']:.0f} s wall together" in text
+    spec = importlib.util.spec_from_file_location("time_quickstart", REPO / "benchmarks" / "time_quickstart.py")
+    timer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timer)  # what the timing script reads from the README is what was timed
+    assert [command[:2] for command in timer.first_success_commands()] == [["agdm", "info"], ["agdm", "purify"]]
+    assert [shlex.split(c["command"].replace("<tmp>/", "outputs/")) for c in first["commands"]] == \
+        timer.first_success_commands()
+    assert timer.quickstart_command()[:2] == ["agdm", "evaluate"]
+    quick = _result("quickstart_time")
+    assert f"It took {quick['wall_s'] / 60:.1f} minutes ({quick['cpu_s']:.0f} CPU-seconds)" in text
+    convergence = _result("attack_convergence")
+    per_gradient = {defense: result["cpu_s"] / (result["clean"]["num_images"]
+                                                 * result["curve"][-1]["gradient_evaluations"])
+                    for defense, result in convergence["margin"].items()}
+    assert (f"costs ~{per_gradient['latent']:.2f} CPU-seconds per image with latent guidance and "
+            f"~{per_gradient['none']:.2f} unguided") in text
+
+
+def test_repository_license_citation_and_clean_default():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    assert "Apache License" in (REPO / "LICENSE").read_text() and "Version 2.0" in (REPO / "LICENSE").read_text()
+    for document in (README, CARD, REPO / "diffusers_agdm" / "model_card_template.md"):
+        bibtex = "\n".join(code_blocks(document, "bibtex"))
+        assert "2403.16067" in bibtex and "Adversarial Guided Diffusion Models for Adversarial Purification" in bibtex
+        assert "@software{diffusers_agdm" in bibtex, document
+    index = json.loads((diffusers_agdm.default_pipeline_path() / "model_index.json").read_text())
+    assert "_name_or_path" not in index  # no path of the machine that trained it
+    assert diffusers_agdm.sample_image_path().is_file()
+    assert "assets/*.png" in str(project) or "assets/*.png" in (REPO / "pyproject.toml").read_text()
+
+
+def test_a_saved_pipeline_does_not_leak_where_it_was_loaded_from(tmp_path):
+    pipe = diffusers_agdm.load_pipeline()
+    pipe.save_pretrained(tmp_path / "copy")
+    assert "_name_or_path" not in json.loads((tmp_path / "copy" / "model_index.json").read_text())

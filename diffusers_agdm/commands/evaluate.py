@@ -3,8 +3,9 @@
     agdm evaluate --pipeline path/or/hub-id --dataset_name mnist --split test --num_images 64 --eps 0.3 \\
         --attacks pgd,bpda --output_dir outputs/eval
 
-Under `accelerate launch --num_processes N -m diffusers_agdm.cli evaluate ...` the images are split between the
-processes and the result equals a one-process run with the same seeds.
+Under `accelerate launch --multi_gpu --num_processes N -m diffusers_agdm.cli evaluate ...` (`--multi_gpu` on CPUs too:
+without it a machine with no GPU gets one process) the images are split between the processes and the result equals
+a one-process run with the same seeds.
 """
 
 import argparse
@@ -40,7 +41,8 @@ class EvaluateCommand(BaseAgdmCLICommand):
                         "pixel guidance (GDMP-style) and latent guidance (AGDM) on the same images, seeds and "
                         "budgets. Writes results.json, results.md, robust_accuracy_vs_eps.png and examples_grid.png "
                         "to --output_dir and exits with status 1 when a sanity check fails (unless "
-                        "--allow_failed_sanity).",
+                        "--allow_failed_sanity). Several processes, on CPUs or GPUs: accelerate launch --multi_gpu "
+                        "--num_processes N -m diffusers_agdm.cli evaluate ... (the same numbers as one process).",
             formatter_class=HelpFormatter, allow_abbrev=False)
         data = parser.add_argument_group("pipeline and data")
         add_pipeline_argument(data)

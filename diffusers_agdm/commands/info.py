@@ -50,12 +50,14 @@ class InfoCommand(BaseAgdmCLICommand):
             value = metric["value"]
             print(f"  {metric['name']:60s} {100 * value:.1f}%" if isinstance(value, float) and value <= 1 else
                   f"  {metric['name']:60s} {value}")
+        print(f"\ntry it: agdm purify --sample  (a held-out MNIST test digit: {info['sample_image']})")
         return EXIT_OK
 
 
 def pipeline_info(pipe, folder: Path | None) -> dict:
     from .. import __version__
     from ..hub import PURIFICATION_CONFIG_KEYS
+    from ..default_pipeline import sample_image_path
 
     components = {}
     for name, component in pipe.components.items():
@@ -71,7 +73,7 @@ def pipeline_info(pipe, folder: Path | None) -> dict:
         components[name] = entry
     info = {"diffusers_agdm_version": __version__, "source": str(folder) if folder else None,
             "purification_defaults": {k: pipe.config[k] for k in PURIFICATION_CONFIG_KEYS if k in pipe.config},
-            "components": components, "card_results": None}
+            "components": components, "card_results": None, "sample_image": str(sample_image_path())}
     # The effective t*: the timestep the input is diffused to, and the reverse process's timesteps.
     settings = pipe.resolve_settings()
     info["purification_defaults"]["effective_t_star"] = (

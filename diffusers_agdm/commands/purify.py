@@ -1,5 +1,6 @@
 """`agdm purify`: purify image files and write them with a side-by-side comparison."""
 
+import argparse
 from collections import Counter
 from pathlib import Path
 
@@ -25,11 +26,15 @@ class PurifyCommand(BaseAgdmCLICommand):
     def register_subcommand(cls, subparsers):
         parser = subparsers.add_parser(
             cls.name, help=cls.help,
-            description="Purify images (PNG/JPEG files of the pipeline's size) and write <name>_purified.png for "
-                        "each to --output_dir (inputs with the same name get distinct numbered outputs), plus "
-                        "comparison.png: input above, purified below, with the classifier's predictions.",
+            description="Purify images (PNG/JPEG/TIFF files of any size and mode, 8-bit, 16-bit or float; a digit "
+                        "dark on light is inverted for an MNIST pipeline, another size is resized, and each change "
+                        "is printed) and write <name>_purified.png for each to --output_dir (inputs with the same "
+                        "name get distinct numbered outputs), plus comparison.png: input above, purified below, "
+                        "with the classifier's predictions.",
             formatter_class=HelpFormatter, allow_abbrev=False)
-        parser.add_argument("images", nargs="+", help="image files")
+        parser.add_argument("images", nargs="*", help="image files")
+        parser.add_argument("--sample", action=argparse.BooleanOptionalAction, default=False,
+                            help="also purify the real held-out MNIST test digit that ships with the package")
         parser.add_argument("--output_dir", default="outputs/purified",
                             help="folder for the purified images and comparison.png")
         add_pipeline_argument(parser)
@@ -42,31 +47,51 @@ class PurifyCommand(BaseAgdmCLICommand):
     def run(self) -> int:
         import torch
 
+        from ..pipelines.inputs import prepare_user_image
+        from ..default_pipeline import sample_image_path
+        from ..utils.images import image_to_unit_range
         from ..utils.paths import check_output_dir
 
         args = self.args
-        files = [Path(p) for p in args.images]
+        files = [Path(p) for p in args.images] + ([sample_image_path()] if args.sample else [])
+        if not files:
+            raise ValueError("no image to purify: name image files, or pass --sample for the shipped digit.")
         inputs = [read_image(p) for p in files]  # every file readable before the pipeline loads
+        for path, image in zip(files, inputs):  # and of a pixel type and range it can be read as
+            image_to_unit_range(image, where=str(path))
+        existed = Path(args.output_dir).exists()
         output = check_output_dir(args.output_dir)
-        targets = [output / name for name in output_names(files)]
-        comparison = output / COMPARISON
-        for path in files:  # no output, the comparison included, may replace an input
-            if any(path.resolve() == t.resolve() for t in [*targets, comparison]):
-                raise ValueError(f"purifying would overwrite the input {path}; choose another --output_dir.")
-        set_num_threads(args.num_threads)
-        pipe = load_pipeline(args.pipeline)
-        mode = "L" if pipe.unet.config.in_channels == 1 else "RGB"
-        inputs = [image.convert(mode) for image in inputs]
-        overrides = purification_overrides(args)
-        out = pipe(inputs, generator=torch.Generator().manual_seed(args.seed), output_type="pil", **overrides)
+        try:
+            targets = [output / name for name in output_names(files)]
+            comparison = output / COMPARISON
+            for path in files:  # no output, the comparison included, may replace an input
+                if any(path.resolve() == t.resolve() for t in [*targets, comparison]):
+                    raise ValueError(f"purifying would overwrite the input {path}; choose another --output_dir.")
+            set_num_threads(args.num_threads)
+            pipe = load_pipeline(args.pipeline)
+            batch = []
+            for path, image in zip(files, inputs):  # any size, mode and polarity, prepared as the demo does
+                tensor, notes = prepare_user_image(image, pipe.sample_size, pipe.unet.config.in_channels,
+                                                   where=str(path))
+                batch.append(tensor)
+                if notes:
+                    print(f"{path}: {', '.join(notes)}")
+            batch = torch.stack(batch)
+            overrides = purification_overrides(args)
+            out = pipe(batch, generator=torch.Generator().manual_seed(args.seed), output_type="pil", **overrides)
+        except BaseException:  # a failed run leaves no empty output folder behind
+            if not existed and output.is_dir() and not any(output.iterdir()):
+                output.rmdir()
+            raise
         before = None
         if pipe.classifier is not None:
             with torch.no_grad():
-                before = pipe.classifier_logits(pipe.prepare_images(inputs)).argmax(-1)
+                before = pipe.classifier_logits(batch).argmax(-1)
         for target, image in zip(targets, out.images):
             image.save(target)
         names = class_names(pipe)
-        save_comparison(inputs, out.images, comparison, titles=[p.name for p in files],
+        shown = pipe.image_processor.postprocess(batch, output_type="pil")  # what the pipeline was given
+        save_comparison(shown, out.images, comparison, titles=[p.name for p in files],
                         labels_before=None if before is None else [names(i) for i in before.tolist()],
                         labels_after=None if out.labels is None else [names(i) for i in out.labels.tolist()])
         for i, (path, target) in enumerate(zip(files, targets)):
@@ -80,14 +105,14 @@ class PurifyCommand(BaseAgdmCLICommand):
 
 def read_image(path: Path):
     """The decoded image (a truncated or unreadable file fails here, with its name, not halfway through)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if not path.is_file():
         raise ValueError(f"No such image file: {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy()
+            return ImageOps.exif_transpose(image)  # a phone photo upright, as a viewer shows it (a copy)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {path} as an image ({err}).") from err
 

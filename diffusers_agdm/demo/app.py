@@ -11,6 +11,7 @@ says so; `agdm evaluate` is the measurement.
 """
 
 import argparse
+import tempfile
 
 import numpy as np
 import torch
@@ -25,35 +26,23 @@ AUTO_LABEL = "auto (the bare classifier's answer on the clean image)"
 
 
 def to_model_input(drawn, uploaded, size: int, channels: int) -> torch.Tensor:
-    """A `(1, C, size, size)` [0, 1] tensor, light digit on a dark background as in MNIST.
+    """A `(1, C, size, size)` [0, 1] tensor, light digit on a dark background as in MNIST, prepared by the same
+    function as `agdm purify` (`prepare_user_image`: scaled by pixel type, inverted when the background is light,
+    cropped to the digit and centred in MNIST's 20/28 box when the size differs).
 
     `drawn` is a Gradio sketchpad value (its strokes' opacity is the digit, whatever the brush colour), `uploaded`
-    a grey-level array (inverted when its background is light). A drawing is cropped to its strokes and centred in
-    a box of 20/28 of the size, as MNIST's digits are."""
-    from PIL import Image
+    an image array."""
+    from diffusers_agdm.pipelines.inputs import prepare_user_image
 
     if drawn is not None and any(np.asarray(layer)[..., -1].any() for layer in drawn.get("layers") or []):
-        ink = np.max([np.asarray(layer)[..., -1] for layer in drawn["layers"]], axis=0).astype(np.float32) / 255
-        rows, cols = np.nonzero(ink > 0.05)
-        ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-        box = max(1, round(size * 20 / 28))
-        scale = box / max(ink.shape)
-        shape = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
-        digit = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(shape, Image.LANCZOS))
-        canvas = np.zeros((size, size), np.float32)
-        top, left = (size - digit.shape[0]) // 2, (size - digit.shape[1]) // 2
-        canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit / 255
-        image = canvas
+        ink = np.max([np.asarray(layer)[..., -1] for layer in drawn["layers"]], axis=0)  # uint8 opacity
+        tensor, _ = prepare_user_image(ink, size, channels, light_on_dark=True, where="the drawing")
     elif uploaded is not None:
-        array = np.asarray(uploaded)
-        grey = Image.fromarray(array if array.ndim == 2 else array[..., :3].mean(-1).astype(np.uint8))
-        image = np.asarray(grey.convert("L").resize((size, size), Image.LANCZOS), np.float32) / 255
-        if image.mean() > 0.5:  # dark digit on white paper: MNIST's digits are light on black
-            image = 1 - image
+        uploaded = uploaded if hasattr(uploaded, "mode") else np.asarray(uploaded)  # a PIL image or an array
+        tensor, _ = prepare_user_image(uploaded, size, channels, where="the uploaded image")
     else:
         raise ValueError("Draw a digit or upload an image first.")
-    tensor = torch.from_numpy(np.clip(image, 0, 1))[None, None]
-    return tensor.repeat(1, channels, 1, 1)
+    return tensor[None]
 
 
 def class_names(pipe) -> list[str]:
@@ -72,13 +61,21 @@ def attack_each_defense(pipe, image: torch.Tensor, label: int, *, eps: float, st
     labels = torch.tensor([label])
     rows = []
     for i, name in enumerate(defenses):
+        done = [0]
+
+        def step(count: int, i=i, name=name, done=done) -> None:  # the attack's callback: one call per iteration
+            done[0] += count
+            progress((i + done[0] / max(steps, 1)) / len(defenses),
+                     desc=f"attacking {DEFENSES[name]}: iteration {done[0]}/{steps}")
+
         if progress is not None:
             progress(i / len(defenses), desc=f"attacking {DEFENSES[name]}")
         model = UndefendedClassifier(pipe) if name == "undefended" else pipe.defended_classifier(seed=seed,
                                                                                                 guidance=name)
         if eps > 0:
             adversarial = pgd(model, image, labels, eps=eps, norm="Linf", steps=steps, loss="margin",
-                              generator=torch.Generator().manual_seed(seed), show_progress_bar=progress is not None)
+                              generator=torch.Generator().manual_seed(seed),
+                              callback=step if progress is not None else None)
         else:
             adversarial = image.clone()
         clean_votes = rescore(model, image, labels, runs=runs, seed=seed + 1).predictions[:, 0].tolist()
@@ -119,6 +116,52 @@ def render(rows: list[dict], names: list[str], label: int, eps: float):
     return canvas
 
 
+def verdicts(rows: list[dict], label: int) -> dict[str, list[str]]:
+    """The defenses that held (every K-run vote on the attacked image correct), wavered and were fooled."""
+    groups = {"held": [], "wavered": [], "fooled": []}
+    for row in rows:
+        correct = sum(v == label for v in row["adversarial_votes"])
+        key = "held" if correct == len(row["adversarial_votes"]) else "fooled" if correct == 0 else "wavered"
+        groups[key].append(DEFENSES[row["defense"]])
+    return groups
+
+
+def caption(rows: list[dict], names: list[str], label: int, steps: int, eps: float) -> str:
+    """What the picture shows, in words: the attack's (weak) budget and which defense held."""
+    groups = verdicts(rows, label)
+    said = "; ".join(f"**{key}**: {', '.join(found)}" for key, found in groups.items() if found)
+    return (f"The digit {names[label]}, attacked at Linf eps {eps:g} by PGD-{steps} (margin loss, exact gradient "
+            f"through each defense, no EOT): a weak interactive budget, so a defense that holds here can still fall "
+            f"to `agdm evaluate`'s APGD-EOT, while one fooled here is fooled by this very image. {said}.")
+
+
+def adversarial_files(rows: list[dict], folder) -> list[str]:
+    """Each defense's adversarial and purified images as lossless PNG (16-bit for grey images, so they read back
+    within 1/131070 of the attack's float values), plus all of them as exact float32 tensors in one safetensors
+    file."""
+    from pathlib import Path
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, tensors = [], {}
+    for row in rows:
+        for key in ("adversarial", "purified"):
+            tensor = row[key].detach().clamp(0, 1).float().contiguous()
+            tensors[f"{row['defense']}/{key}"] = tensor
+            if tensor.shape[0] == 1:
+                image = Image.fromarray(np.round(tensor[0].numpy() * 65535).astype(np.uint16))
+            else:
+                image = Image.fromarray(np.round(tensor.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+            path = folder / f"{row['defense']}_{key}.png"
+            image.save(path)
+            paths.append(str(path))
+    save_file(tensors, str(folder / "adversarial_and_purified.safetensors"))
+    return [*paths, str(folder / "adversarial_and_purified.safetensors")]
+
+
 def votes_markdown(rows: list[dict], names: list[str], label: int, steps: int) -> str:
     lines = [f"True digit **{names[label]}**. Attack: PGD-{steps}, margin loss, exact gradient through each defense, "
              "no EOT (a weak, interactive budget: `agdm evaluate` measures robustness).", "",
@@ -144,7 +187,7 @@ def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None, previ
     names = class_names(pipe)
     size, channels = pipe.sample_size, pipe.unet.config.in_channels
 
-    def run(drawn, uploaded, true_label, eps, attack_steps, k, progress=gr.Progress(track_tqdm=True)):
+    def run(drawn, uploaded, true_label, eps, attack_steps, k, progress=gr.Progress()):
         try:
             image = to_model_input(drawn, uploaded, size, channels)
         except ValueError as err:
@@ -156,13 +199,15 @@ def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None, previ
             label = names.index(str(true_label))
         rows = attack_each_defense(pipe, image, label, eps=float(eps), steps=int(attack_steps), runs=int(k),
                                    progress=progress)
-        return render(rows, names, label, float(eps)), votes_markdown(rows, names, label, int(attack_steps))
+        return (render(rows, names, label, float(eps)), caption(rows, names, label, int(attack_steps), float(eps)),
+                votes_markdown(rows, names, label, int(attack_steps)),
+                adversarial_files(rows, tempfile.mkdtemp(prefix="agdm-demo-out-")))
 
-    shown = (None, "")
+    shown = (None, "", "", None)
     if preview is not None:
         from PIL import Image
 
-        shown = run(None, np.asarray(Image.open(preview).convert("L")), AUTO_LABEL, 0.3, steps, runs, progress=None)
+        shown = run(None, Image.open(preview), AUTO_LABEL, 0.3, steps, runs, progress=None)
 
     with gr.Blocks(title="diffusers-agdm: adversarial purification") as demo:
         gr.Markdown("# Adversarial purification with AGDM\nDraw or upload a digit, pick eps, and attack it: the "
@@ -178,12 +223,16 @@ def build_demo(pipe=None, *, steps: int = 5, runs: int = 3, examples=None, previ
             attack_steps = gr.Slider(1, 20, value=steps, step=1, label="PGD steps")
             k = gr.Slider(1, 9, value=runs, step=2, label="K: defense runs that vote")
         button = gr.Button("attack and purify", variant="primary")
-        picture = gr.Image(shown[0], label="clean / adversarial / purified, one row per defense", type="pil")
-        table = gr.Markdown(shown[1])
+        picture = gr.Image(shown[0], label="clean / adversarial / purified, one row per defense", type="pil",
+                           format="png")
+        explained = gr.Markdown(shown[1])
+        table = gr.Markdown(shown[2])
+        files = gr.File(shown[3], label="the exact adversarial and purified images (16-bit PNG; float32 "
+                        "safetensors)", file_count="multiple")
         if examples:
             gr.Examples(examples=[[None, path] for path in examples], inputs=[drawn, uploaded])
-        button.click(run, inputs=[drawn, uploaded, true_label, eps, attack_steps, k], outputs=[picture, table],
-                     api_name="attack")
+        button.click(run, inputs=[drawn, uploaded, true_label, eps, attack_steps, k],
+                     outputs=[picture, explained, table, files], api_name="attack")
     return demo
 
 
@@ -218,8 +267,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    import tempfile
-
     from diffusers_agdm import load_pipeline
 
     args = parse_args(argv)

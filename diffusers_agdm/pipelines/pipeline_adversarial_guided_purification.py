@@ -26,7 +26,7 @@ from ..utils.diffusion import diffuse
 from ..utils.models import sample_size as model_sample_size
 from ..utils.schedule import is_fixed_stride, purification_timesteps, scheduler_for
 from .components import COMPONENT_NAMES, check_components, logits_of
-from .inputs import check_image_input
+from .inputs import check_image_input, pil_images_to_tensor
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -144,6 +144,18 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
         if os.path.isdir(pretrained_model_name_or_path):
             check_component_folders(pretrained_model_name_or_path, given=kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """[`ConfigMixin.save_config`] without `_name_or_path`: where this pipeline was loaded from is not part of
+        it, and is often a path on the machine that saved it (`save_pretrained` writes `model_index.json` here)."""
+        from diffusers.configuration_utils import FrozenDict
+
+        kept = self._internal_dict
+        self._internal_dict = FrozenDict({k: v for k, v in kept.items() if k != "_name_or_path"})
+        try:
+            return super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self._internal_dict = kept
 
     @property
     def sample_size(self) -> int:
@@ -441,6 +453,9 @@ class AdversarialGuidedPurificationPipeline(DiffusionPipeline):
     def _to_tensor(self, image) -> torch.Tensor:
         if torch.is_tensor(image):
             return image[None] if image.ndim == 3 else image
+        if isinstance(image, PIL.Image.Image) or (isinstance(image, (list, tuple)) and image
+                                                  and isinstance(image[0], PIL.Image.Image)):
+            return pil_images_to_tensor(image, self.unet.config.in_channels)  # scaled by pixel type (16-bit, float)
         return self.image_processor.preprocess(image)
 
     @torch.no_grad()
