@@ -56,8 +56,8 @@ class InfoCommand(BaseAgdmCLICommand):
 
 def pipeline_info(pipe, folder: Path | None) -> dict:
     from .. import __version__
-    from ..hub import PURIFICATION_CONFIG_KEYS
     from ..default_pipeline import sample_image_path
+    from ..hub import PURIFICATION_CONFIG_KEYS
 
     components = {}
     for name, component in pipe.components.items():

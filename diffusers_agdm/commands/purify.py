@@ -47,8 +47,8 @@ class PurifyCommand(BaseAgdmCLICommand):
     def run(self) -> int:
         import torch
 
-        from ..pipelines.inputs import prepare_user_image
         from ..default_pipeline import sample_image_path
+        from ..pipelines.inputs import prepare_user_image
         from ..utils.images import image_to_unit_range
         from ..utils.paths import check_output_dir
 
