@@ -242,7 +242,7 @@ def test_a_failed_purify_leaves_no_empty_output_folder(tmp_path):
     Image.fromarray(np.full((28, 28), 2.0, np.float32), mode="F").save(float_range)  # readable, out of range
     from unittest import mock
 
-    with mock.patch("diffusers_agdm.pretrained.load_pipeline") as load:  # refused before the pipeline loads
+    with mock.patch("diffusers_agdm.default_pipeline.load_pipeline") as load:  # refused before the pipeline loads
         assert main(["purify", str(float_range), "--output_dir", str(tmp_path / "never")]) == 2
     load.assert_not_called()
     assert not (tmp_path / "never").exists()
