@@ -1,32 +1,20 @@
 """The settings of an evaluation, validated once: [`EvaluationConfig`], and the names of attacks and scores."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-from ..attacks import LOSSES, check_budget, default_step_size
+from ..attacks import LOSSES, SCORES, check_budget, default_step_size
 from ..utils.validation import check_finite, check_int
+from .attacks_registry import ATTACK_SPECS, ATTACK_TITLES, ATTACKS, WORST_CASE
 from .defenses import DEFENSES
 
-ATTACKS = ("apgd", "apgd-guidance", "pgd", "bpda", "surrogate", "autoattack-rand", "autoattack-standard")
-ATTACK_TITLES = {
-    "clean": "clean",
-    "apgd": "APGD-EOT (exact gradient)",
-    "apgd-guidance": "APGD-EOT + guidance-target term",
-    "pgd": "PGD-EOT (exact gradient)",
-    "bpda": "BPDA (identity backward)",
-    "surrogate": "PGD-EOT on a surrogate reverse process",
-    "autoattack-rand": "AutoAttack rand",
-    "autoattack-standard": "AutoAttack standard",
-}
-# Attacks differentiating something other than the defense (comparison baselines).
-PGD_FAMILY = ("pgd", "bpda", "surrogate")
-# The guidance-target attack only exists for a defense with a guidance network.
-GUIDED_ONLY = ("apgd-guidance",)
-SCORES = ("all", "majority", "single")
 SCORE_TITLES = {
     "all": "robust in all {k} defense runs (conservative)",
     "majority": "robust in a majority of {k} defense runs",
     "single": "robust in one defense run (as papers that score one run)",
 }
+# Re-exported: the attack table lives in attacks_registry.py, the K-run rule in attacks/scoring.py.
+__all__ = ["ATTACKS", "ATTACK_SPECS", "ATTACK_TITLES", "CONVERGENCE_AXES", "SCORES", "SCORE_TITLES", "WORST_CASE",
+           "EvaluationConfig"]
 CONVERGENCE_AXES = ("steps", "eot", "restarts")
 # Undefended collapse thresholds, calibrated on the embedded default with the strong attack (APGD, margin loss,
 # targeted restarts): L2 2.0 leaves one or two hard digits that only a targeted run moves.
@@ -44,7 +32,10 @@ class EvaluationConfig:
             network's class prediction (latent guidance only: see the README's "Evaluating honestly"); `pgd` is plain
             PGD-EOT; `bpda` and `surrogate` are the cheaper literature baselines (comparison only); `autoattack-rand`
             is APGD-CE + APGD-DLR with EOT, `autoattack-standard` torchattacks' (for deterministic models).
-        defenses: From `DEFENSES`: `undefended`, `none` (DiffPure-style), `pixel` (GDMP-style), `latent` (AGDM).
+        defenses: From `DEFENSES`: `undefended`, `robust-classifier` (the pipeline's adversarially trained guidance
+            network used as the classifier at t = 0: the adversarial-training baseline), `none` (DiffPure-style),
+            `pixel` (GDMP-style), `latent` (AGDM), `latent+robust-classifier` (latent purification, then the robust
+            network classifies). Every table also has the per-image worst case over all attacks (`worst-case`).
         norm, eps: The threat model, in [0, 1] pixel units (MNIST: Linf 0.3, L2 2.0).
         eps_grid: Further eps values for the robust-accuracy-vs-eps plot (the first attack; PGD's step size scales
             with eps).
@@ -61,16 +52,28 @@ class EvaluationConfig:
         rescore_runs: K, the fresh defense runs each (adversarial or clean) image is scored over. An image is robust
             only if it is clean-correct *and* adversarially correct, under "all K", "majority of K" and "one run"
             (run 0). Default 5: odd, so a majority has no ties.
+        selection_runs: Fresh defense runs (seeded apart from the attack's and from the K scoring runs) on which the
+            `worst-case` row picks, per image, the adversarial example of the attack row that defeats the defense
+            most often (ties: the larger mean margin loss); that one example is then scored over the K scoring
+            runs, so the row is neither optimistic nor a biased minimum over scoring draws.
         seeds: One full evaluation per seed; tables show mean and sample std over seeds (one seed: a 95% interval).
         batch_size: Images per unit of work (results depend on it, not on the number of processes).
         strength, num_inference_steps, guidance_scale, pixel_guidance_scale, feature_weight, class_guidance,
             guidance_target: Purification settings (default: the pipeline's config); `guidance_scale` is the latent
             scale, `pixel_guidance_scale` the GDMP-style baseline's.
-        sanity_images: Images (the first ones) for the costly checks (convergence, huge eps); 0 skips them.
+        sanity_images: Images (the first ones) for the costly checks (convergence, huge eps); 0 skips them. Default
+            32: the fewest on which the paired convergence test below can reject a real drop of ~6 images.
         convergence_checks: Budgets doubled to test convergence, from `CONVERGENCE_AXES` (`steps`, `eot`,
-            `restarts`); each doubles the first attack's cost on `sanity_images` images.
+            `restarts`; default all three). Each doubles that axis of every attack row that has it (restarts: the
+            untargeted and the targeted runs both, 1 + 3 -> 2 + 6) on `sanity_images` images, and the check also
+            runs on the `worst-case` row. Cost: per axis, twice each attack's cost on `sanity_images` images.
         convergence_tolerance: How far (fraction) robust accuracy may fall when a budget is doubled before the
-            report says "attack not converged" (and `agdm evaluate` exits 1).
+            report says "attack not converged" (and `agdm evaluate` exits 1), whatever the paired test says.
+        convergence_alpha: Level of the exact one-sided paired (McNemar) test of the convergence check: the images
+            that turn robust -> broken under the doubled budget against those that turn broken -> robust. When
+            doubling changes nothing, the test alone raises a false alarm at most `alpha` of the time per row, axis
+            and score; the tolerance adds to that when many images change (on 32 images: 0% with 4 discordant
+            images, 5.5% with 10, 13.2% with 20); each check reports its exact false-alarm rate.
         huge_eps: The Linf eps at which every defense must fall to chance (attacked without random start, so the
             start alone cannot pass it).
         gradient_check: Compare each defense's gradient with finite differences (float64, one image).
@@ -101,6 +104,9 @@ class EvaluationConfig:
     autoattack_eot_iter: int = 20
     autoattack_square_queries: int = 5000
     rescore_runs: int = 5
+    selection_runs: int = field(default=5, metadata={"help": "fresh defense runs (seeded apart from the attack's "
+                                                              "and the scoring runs) on which the worst-case row "
+                                                              "picks each image's adversarial example"})
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 16
     strength: float | None = None
@@ -110,9 +116,11 @@ class EvaluationConfig:
     feature_weight: float | None = None
     class_guidance: bool | None = None
     guidance_target: str | None = None
-    sanity_images: int = 64
-    convergence_checks: tuple[str, ...] = ("steps",)
-    convergence_tolerance: float = 0.02
+    sanity_images: int = 32
+    convergence_checks: tuple[str, ...] = CONVERGENCE_AXES
+    convergence_tolerance: float = 0.15
+    convergence_alpha: float = field(default=0.05, metadata={"help": "level of the exact one-sided paired (McNemar) "
+                                                                     "test of the convergence check"})
     huge_eps: float = 1.0
     gradient_check: bool = True
     num_examples: int = 6
@@ -146,7 +154,10 @@ class EvaluationConfig:
         tolerance = self.convergence_tolerance
         if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
             raise ValueError(f"`convergence_tolerance` must be in [0, 1), got {tolerance!r}.")
-        for name in ("rescore_runs", "batch_size", "autoattack_steps", "autoattack_eot_iter",
+        alpha = self.convergence_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise ValueError(f"`convergence_alpha` must be in (0, 1), got {alpha!r}.")
+        for name in ("rescore_runs", "selection_runs", "batch_size", "autoattack_steps", "autoattack_eot_iter",
                      "autoattack_square_queries"):
             check_int(name, getattr(self, name))
         for name in ("surrogate_steps", "eot_batch"):
