@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load, markdown_table, write_results  # noqa: E402
 from diffusers_agdm.attacks import AttackObjective  # noqa: E402
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
+from diffusers_agdm.evaluation import defense_specs  # noqa: E402
 
 
 def measure(objective: AttackObjective, images, labels, repeats: int) -> float:
@@ -50,7 +51,7 @@ def main(argv=None):
     images, labels = data.images[:args.num_images], data.labels[:args.num_images]
     rows, numbers = [], {}
     for guidance in ("none", "latent"):
-        model = pipe.defended_classifier(seed=args.seed, guidance=guidance)
+        model = defense_specs(pipe, (guidance,))[0].build(pipe, args.seed)
         one_by_one = measure(AttackObjective(model, "margin", args.eot_samples, eot_batch=1), images, labels,
                              args.repeats)
         batched = measure(AttackObjective(model, "margin", args.eot_samples), images, labels, args.repeats)

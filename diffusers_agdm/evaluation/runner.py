@@ -1,5 +1,6 @@
 """
-`evaluate`: clean and robust accuracy of the four defenses on the same images, seeds and budgets, with sanity checks.
+`evaluate`: clean and robust accuracy of every defense on the same images, seeds and budgets, with the per-image worst
+case over all attacks and sanity checks.
 
 The work is a short sequence of its own modules: [`EvaluationConfig`] (settings, validated once) ->
 [`EvaluationPlan`] (jobs and units) -> [`UnitRunner`] (one unit: attack, then K-run scoring; finished units saved by
@@ -200,8 +201,10 @@ def evaluate(
     **overrides,
 ) -> EvaluationResult:
     r"""
-    Clean and robust accuracy of the undefended classifier, unguided purification (DiffPure-style), pixel guidance
-    (GDMP-style) and latent guidance (AGDM) on the same images, seeds and budgets, with sanity checks.
+    Clean and robust accuracy of the undefended classifier, the adversarial-training baseline (the guidance network
+    as the classifier), unguided purification (DiffPure-style), pixel guidance (GDMP-style), latent guidance (AGDM)
+    and latent guidance classified by the robust network, on the same images, seeds and budgets, under every attack
+    and the per-image worst case over them (`results[defense]["worst-case"]`), with sanity checks.
 
     Every attack sees the whole defense it is scored on (BPDA and the surrogate are labelled as the weaker
     baselines they are). Each adversarial (and clean) image is scored over `rescore_runs` fresh defense runs, and

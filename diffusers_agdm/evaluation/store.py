@@ -17,7 +17,8 @@ from ..utils.io import atomic_write_json
 from .planning import Job, Unit
 
 # Settings that change how a run is shown or tolerated, not what it computes.
-NOT_FINGERPRINTED = ("show_progress_bar", "allow_failed_sanity", "num_examples", "convergence_tolerance")
+NOT_FINGERPRINTED = ("show_progress_bar", "allow_failed_sanity", "num_examples", "convergence_tolerance",
+                     "convergence_alpha")
 
 
 def fingerprint(config, pipeline, data, defenses: dict) -> str:
