@@ -25,8 +25,8 @@ from dummies import CLASSES, dummy_images, dummy_pipeline
 
 # Tiny budgets: these tests check the machinery. On tiny random components the sanity thresholds are not
 # meaningful, so they run with allow_failed_sanity unless a test is about the checks themselves.
-TINY = dict(steps=2, eot_samples=1, rescore_runs=3, batch_size=3, sanity_images=2, convergence_checks=("steps", "eot"),
-            num_examples=2, show_progress_bar=False, allow_failed_sanity=True)
+TINY = dict(steps=2, eot_samples=1, rescore_runs=3, selection_runs=2, batch_size=3, sanity_images=2,
+            convergence_checks=("steps", "eot"), num_examples=2, show_progress_bar=False, allow_failed_sanity=True)
 
 
 def labelled_data(pipe, n=4, seed=0) -> LabelledImages:
@@ -578,3 +578,24 @@ def test_a_doubled_number_of_runs_really_doubles_even_past_the_classes():
     assert plan.doubled(job, "steps").steps == 2 * job.steps and plan.doubled(job, "eot").eot_samples == 2
     with pytest.raises(ValueError, match="no 'restarts'"):
         plan.doubled(plan.job("none", "pgd", 0), "restarts")
+
+
+def test_one_k_run_rule_for_numbers_tensors_and_rescored_predictions():
+    from diffusers_agdm.attacks import RescoredPredictions, rescore, robust_under
+
+    assert [robust_under("all", r, 5) for r in (4, 5)] == [False, True]
+    assert [robust_under("majority", r, 4) for r in (2, 3)] == [False, True]  # a tie is wrong
+    assert robust_under("single", 0, 5, True) is True
+    runs = torch.tensor([0, 2, 3, 5])
+    assert robust_under("majority", runs, 5).tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="Unknown score"):
+        robust_under("best", 5, 5)
+    scored = RescoredPredictions(torch.tensor([[0, 1, 1], [0, 0, 1], [1, 0, 1]]), torch.tensor([0, 0, 1]))
+    assert scored.accuracy("all") == pytest.approx(1 / 3) and scored.accuracy("majority") == pytest.approx(1.0)
+    assert scored.accuracy("single") == pytest.approx(2 / 3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    with_losses = rescore(model, x, y, runs=2, losses=True)
+    assert with_losses.losses.shape == (2, 6)
+    assert ((with_losses.losses > 0) == ~with_losses.correct).all()  # the margin loss is > 0 exactly when wrong
+    assert rescore(model, x, y, runs=2).losses is None

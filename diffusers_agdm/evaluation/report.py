@@ -118,11 +118,18 @@ def _settings_lines(report: dict) -> list[str]:
         f"{attack['gradient_evaluations_per_image']} gradient evaluations per image for {attack['first']}; exact "
         "gradient through the whole defense",
         f"- scoring: {s['robust_rule']} Seeds {s['seeds']}.",
-        f"- {s['worst_case_rule']}",
     ]
+    if s.get("worst_case_rule"):
+        lines.append(f"- {s['worst_case_rule']}")
+    sanity = s["sanity"]
+    if sanity["images"] and sanity["convergence_checks"] and sanity.get("convergence_rule"):
+        lines.append(f"- convergence check ({', '.join(sanity['convergence_checks'])} doubled on {sanity['images']} "
+                     f"images): {sanity['convergence_rule']}. With no real change it fires at most alpha of the time "
+                     "per row, axis and score through the test, more through the tolerance when many images "
+                     "change; each check states its exact false-alarm rate.")
     if "surrogate" in s["attacks"]:
         lines.append(f"- surrogate reverse steps: {s['surrogate']['num_inference_steps']}")
-    if any(a.startswith("autoattack") for a in s["attacks"]):
+    if any(ATTACK_SPECS[a].family == "autoattack" for a in s["attacks"] if a in ATTACK_SPECS):
         aa = s["autoattack"]
         lines.append(f"- AutoAttack: {aa['steps']} iterations, EOT {aa['eot_iter (rand)']} (rand), "
                      f"{aa['square_queries (standard)']} Square queries (standard)")
@@ -149,7 +156,7 @@ def budget_lines(report: dict) -> list[str]:
         used = sorted({round(by_attack[attack], 1) for by_attack in spent.values() if attack in by_attack})
         used_text = f"; spent {', '.join(f'{u:g}' for u in used)} per image" if used else ""
         lines.append(f"- {ATTACK_TITLES[attack]}: {b['budget']} = {b['gradient_evaluations_per_image']} gradient "
-                     f"evaluations per image{' (at most)' if attack == 'autoattack-standard' else ''}{used_text}")
+                     f"evaluations per image{'' if ATTACK_SPECS[attack].fixed_budget else ' (at most)'}{used_text}")
     return lines
 
 
@@ -194,7 +201,7 @@ def text_summary(result, color: bool = False) -> str:
     k = report["settings"]["rescore_runs"]
     verdict = verdict_line(report)
     parts = [verdict, ""] if verdict else []
-    parts += [report["settings"]["robust_rule"], report["settings"]["worst_case_rule"], "",
+    parts += [report["settings"]["robust_rule"], report["settings"].get("worst_case_rule", ""), "",
               "Attack budget:", *budget_lines(report), ""]
     for kind in SCORES:
         parts += [f"Accuracy (%), {SCORE_TITLES[kind].format(k=k)}:", results_table(report, kind), ""]
