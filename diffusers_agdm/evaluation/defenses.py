@@ -27,7 +27,7 @@ DEFENSE_TITLES = {
 DEFENSE_SHORT_TITLES = {"undefended": "undefended", ROBUST_CLASSIFIER: "robust classifier",
                         "none": "unguided (DiffPure)", "pixel": "pixel (GDMP)", "latent": "latent (AGDM)",
                         LATENT_ROBUST: "latent + robust"}
-# Which guidance each purifying defense runs; the two robust-classifier defenses classify with the guidance network.
+# Which guidance each purifying defense runs (the others do not purify); `defense_specs` turns it into settings.
 GUIDANCE_OF = {"none": "none", "pixel": "pixel", "latent": "latent", LATENT_ROBUST: "latent"}
 ROBUSTLY_CLASSIFIED = (ROBUST_CLASSIFIER, LATENT_ROBUST)
 
@@ -115,16 +115,6 @@ class DefenseSpec:
     def purifies(self) -> bool:
         return self.settings is not None
 
-    @property
-    def stochastic(self) -> bool:
-        """Draws purification noise: scored over K runs; a deterministic defense gives the same answer every run."""
-        return self.purifies
-
-    @property
-    def latent_guided(self) -> bool:
-        """Purifies with latent guidance, so it has a y_hat for the guidance-target attack."""
-        return self.purifies and self.settings.guidance.mode == "latent"
-
     def classifier(self, pipeline):
         """The callable ([0, 1] images to logits) that classifies this defense's purified images."""
         if self.name in ROBUSTLY_CLASSIFIED:
@@ -204,19 +194,15 @@ def defense_specs(
     if unknown or not names:
         raise ValueError(f"Unknown defenses {unknown}; choose from {DEFENSES}." if unknown else "No defense given.")
     shared = {"strength": strength, "num_inference_steps": num_inference_steps, "feature_weight": feature_weight}
-    latent = {"guidance": "latent", "guidance_scale": guidance_scale, "class_guidance": class_guidance,
-              "guidance_target": guidance_target}
-    per_defense = {
-        "undefended": None,
-        ROBUST_CLASSIFIER: None,
+    per_guidance = {
         "none": {"guidance": "none", "guidance_scale": 0.0},  # unguided whatever the pipeline's scale
         "pixel": {"guidance": "pixel", "pixel_guidance_scale": pixel_guidance_scale},
-        "latent": latent,
-        LATENT_ROBUST: latent,
+        "latent": {"guidance": "latent", "guidance_scale": guidance_scale, "class_guidance": class_guidance,
+                   "guidance_target": guidance_target},
     }
     specs = []
     for name in dict.fromkeys(names):  # keeps the order, drops repeats
-        extra = per_defense[name]
+        extra = per_guidance.get(GUIDANCE_OF.get(name))  # None: the defense does not purify
         if extra is None:
             specs.append(DefenseSpec(name))
             continue
