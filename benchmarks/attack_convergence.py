@@ -24,19 +24,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, atomic_write_json, load, machine  # noqa: E402
-from diffusers_agdm.attacks import SELECTION_DRAWS, AttackStats, apgd, rescore  # noqa: E402
+from diffusers_agdm.attacks import SCORES, SELECTION_DRAWS, AttackStats, apgd, rescore, robust_under  # noqa: E402
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
+from diffusers_agdm.evaluation.defenses import defense_specs  # noqa: E402
 from diffusers_agdm.evaluation.seeds import derive_seed  # noqa: E402
 
 WORK_DIR = RESULTS_DIR / "attack_convergence"
-DEFENSE_KWARGS = {"none": {"guidance": "none"}, "pixel": {"guidance": "pixel"}, "latent": {"guidance": "latent"}}
+DEFENSES = ("none", "pixel", "latent")  # each with its settings from `defense_specs`, as `agdm evaluate` has them
 
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default=None, help="pipeline folder or Hub id (default: the embedded default)")
     parser.add_argument("--tag", default="margin", help="name of this setting in the results")
-    parser.add_argument("--defenses", nargs="+", default=["none", "pixel", "latent"], choices=list(DEFENSE_KWARGS))
+    parser.add_argument("--defenses", nargs="+", default=["none", "pixel", "latent"], choices=list(DEFENSES))
     parser.add_argument("--num_images", type=int, default=64, help="held-out test images attacked")
     parser.add_argument("--start_index", type=int, default=0, help="first test image")
     parser.add_argument("--norm", default="Linf", choices=("Linf", "L2"))
@@ -78,8 +79,8 @@ def run_unit(pipe, data, args, defense: str, start: int) -> dict:
     end = min(start + args.chunk, args.start_index + args.num_images)
     images, labels = data.images[start:end], data.labels[start:end]
     began = time.process_time()
-    attacked = pipe.defended_classifier(seed=derive_seed(args.seed, args.tag, defense, "attack-noise", start),
-                                        **DEFENSE_KWARGS[defense])
+    spec = defense_specs(pipe, (defense,))[0]
+    attacked = spec.build(pipe, derive_seed(args.seed, args.tag, defense, "attack-noise", start))
     weight = args.guidance_weight if defense == "latent" else 0.0
     stats = AttackStats()
     _, snapshots = apgd(attacked, images, labels, eps=args.eps, norm=args.norm, steps=args.steps,
@@ -88,11 +89,10 @@ def run_unit(pipe, data, args, defense: str, start: int) -> dict:
                         generator=torch.Generator().manual_seed(derive_seed(args.seed, args.tag, "start", start)),
                         record_at=tuple(args.record_at), show_progress_bar=True,
                         selection_draws=args.selection_draws, early_stop=not args.no_early_stop, stats=stats,
-                        selection_model=pipe.defended_classifier(
-                            seed=derive_seed(args.seed, args.tag, defense, "selection", start),
-                            **DEFENSE_KWARGS[defense]))
+                        selection_model=spec.build(
+                            pipe, derive_seed(args.seed, args.tag, defense, "selection", start)))
     attack_cpu = time.process_time() - began
-    scorer = pipe.defended_classifier(seed=None, **DEFENSE_KWARGS[defense])
+    scorer = spec.build(pipe, None)
     scored_seed = derive_seed(args.seed, "rescore", start)  # the same draws for every setting: a paired comparison
     clean = rescore(scorer, images, labels, args.rescore_runs, seed=scored_seed).correct
     points = {str(n): rescore(scorer, x, labels, args.rescore_runs, seed=scored_seed).correct.int().tolist()
@@ -114,15 +114,15 @@ def write_atomic(path: Path, payload: dict) -> None:
 
 def robust_fractions(units: list[dict], key: str) -> dict:
     """Clean-and-robust accuracy under the three scores, over all images of `units` at recorded point `key`."""
-    hits = {"all": 0, "majority": 0, "single": 0}
+    hits = dict.fromkeys(SCORES, 0)
     n = 0
     for unit in units:
         clean = torch.tensor(unit["clean_correct"], dtype=torch.bool)
         adv = torch.tensor(unit["adversarial_correct"][key], dtype=torch.bool)
         k = clean.shape[0]
-        hits["all"] += int((clean.all(0) & adv.all(0)).sum())
-        hits["majority"] += int(((2 * clean.sum(0) > k) & (2 * adv.sum(0) > k)).sum())
-        hits["single"] += int((clean[0] & adv[0]).sum())
+        for kind in SCORES:  # the one K-run rule, clean and attacked
+            hits[kind] += int((robust_under(kind, clean.sum(0), k, clean[0])
+                               & robust_under(kind, adv.sum(0), k, adv[0])).sum())
         n += clean.shape[1]
     return {kind: value / n for kind, value in hits.items()} | {"num_images": n}
 

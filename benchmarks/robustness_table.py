@@ -1,19 +1,23 @@
-"""The robustness table: the undefended classifier, unguided purification (DiffPure-style), pixel guidance
-(GDMP-style) and AGDM latent guidance under exact-gradient APGD-EOT (margin loss, with the guidance-target attack as
-its own row) and AutoAttack-rand, Linf 0.3 and L2 2.0, on the held-out MNIST test split, with every sanity check.
-Every image is scored over K fresh defense runs and counts as robust only if it is clean-correct too ("all K",
-"majority of K", one run); one seed shows its 95% interval, several seeds mean ± std. Long on CPU: run it in the
-background, on two processes:
+"""The robustness table: the undefended classifier, the adversarial-training baseline (the pipeline's guidance
+network used as the classifier), unguided purification (DiffPure-style), pixel guidance (GDMP-style), AGDM latent
+guidance and latent guidance classified by the robust network, under exact-gradient APGD-EOT (margin loss, with the
+guidance-target attack as its own row), the per-image worst case over those attacks, AutoAttack-rand and (on the two
+deterministic classifiers) AutoAttack-standard, Linf 0.3 and L2 2.0, on the held-out MNIST test split, with every
+sanity check. Every image is scored over K fresh defense runs and counts as robust only if it is clean-correct too
+("all K", "majority of K", one run); one seed shows its 95% interval, several seeds mean ± std. Long on CPU: run it
+in the background, on two processes:
 
     OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
         --dynamo_backend no benchmarks/robustness_table.py
 
-Each threat model is one `evaluate` run of --attacks (same images, seeds and budgets for the four defenses) and one
-of AutoAttack-rand on the first --autoattack_images images; each full report (results.json, results.md, plots) goes
-to <output_dir>/<norm>[-autoattack-rand]/, the combined numbers to <results_dir>/robustness_table.json, and each
-main run's image grid to <results_dir>/robustness_examples_<norm>.png. `evaluate` saves every finished unit of work
-under its output folder, so rerunning the same command resumes an interrupted run and recomputes nothing that is
-done (`--no-resume` recomputes everything).
+Each threat model is one `evaluate` run of --attacks (same images, seeds and budgets for every defense), one of
+AutoAttack-rand on the first --autoattack_images images and one of AutoAttack-standard on the undefended and the
+robust classifier (deterministic, so the standard version applies) on the same images; each full report
+(results.json, results.md, plots) goes to <output_dir>/<norm>[-autoattack-rand|-autoattack-standard]/, the combined
+numbers to <results_dir>/robustness_table.json, and each main run's image grid to
+<results_dir>/robustness_examples_<norm>.png. `evaluate` saves every finished unit of work under its output folder,
+so rerunning the same command resumes an interrupted run and recomputes nothing that is done (`--no-resume`
+recomputes everything).
 """
 
 import argparse
@@ -27,9 +31,11 @@ from common import RESULTS_DIR, load, markdown_table, write_results  # noqa: E40
 from diffusers_agdm.attacks import LOSSES  # noqa: E402
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 from diffusers_agdm.evaluation import (  # noqa: E402
+    ATTACK_SPECS,
     ATTACKS,
     CONVERGENCE_AXES,
     SCORES,
+    WORST_CASE,
     EvaluationConfig,
     SanityCheckError,
     evaluate,
@@ -38,6 +44,8 @@ from diffusers_agdm.evaluation.report import format_accuracy  # noqa: E402
 from diffusers_agdm.evaluation.runner import partial_state  # noqa: E402
 
 THREATS = {"Linf": 0.3, "L2": 2.0}
+# AutoAttack 'standard' is for deterministic models: the undefended and the adversarially trained classifier.
+DETERMINISTIC = ("undefended", "robust-classifier")
 DEFAULTS = EvaluationConfig()
 
 
@@ -48,7 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--num_images", type=int, nargs="+", default=[512, 256],
                         help="images attacked by --attacks, one value per --norms entry (or one for all)")
     parser.add_argument("--attacks", nargs="+", default=["apgd", "apgd-guidance"],
-                        choices=[a for a in ATTACKS if not a.startswith("autoattack")],
+                        choices=[a for a in ATTACKS if ATTACK_SPECS[a].family != "autoattack"],
                         help="the exact-gradient attacks of the main run (apgd-guidance: latent guidance only)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one evaluation per seed (one seed: the tables show its 95%% interval)")
@@ -100,15 +108,18 @@ def planned_runs(args) -> list[tuple[str, tuple[str, ...], int, int]]:
                      args.per_norm["sanity_images"][norm]))
         if args.autoattack_images:
             runs.append((norm, ("autoattack-rand",), args.autoattack_images, 0))
+            runs.append((norm, ("autoattack-standard",), args.autoattack_images, 0))
     return runs
 
 
 def run_config(args, norm: str, attacks: tuple[str, ...], sanity_images: int) -> EvaluationConfig:
     """The `agdm evaluate` settings of one run. AutoAttack's budget only where it runs, so the main run's settings
     equal `agdm evaluate`'s with the same flags."""
-    autoattack = attacks[0].startswith("autoattack")
+    autoattack = ATTACK_SPECS[attacks[0]].family == "autoattack"
     budget = ({"autoattack_steps": args.autoattack_steps, "autoattack_eot_iter": args.autoattack_eot_iter}
               if autoattack else {})
+    if attacks == ("autoattack-standard",):
+        budget["defenses"] = DETERMINISTIC
     return DEFAULTS.replace(
         attacks=attacks, norm=norm, eps=THREATS[norm], steps=args.steps, restarts=args.restarts,
         targeted_restarts=args.targeted_restarts, eot_samples=args.eot_samples, loss=args.loss,
@@ -118,17 +129,17 @@ def run_config(args, norm: str, attacks: tuple[str, ...], sanity_images: int) ->
 
 
 def run_folder(args, norm: str, attacks: tuple[str, ...]) -> Path:
-    suffix = "-autoattack-rand" if attacks[0].startswith("autoattack") else ""
+    suffix = f"-{attacks[0]}" if ATTACK_SPECS[attacks[0]].family == "autoattack" else ""
     return Path(args.output_dir) / f"{norm.lower()}{suffix}"
 
 
 def table_rows(norm: str, images: int, report: dict) -> list[list]:
-    """One row per (defense, attack): clean and clean-and-robust accuracy under the three scores, formatted by the
-    evaluation's own formatter (one seed: its 95% interval); an attack that does not apply to a defense is left
-    out."""
+    """One row per (defense, attack), and per defense the worst case over its attacks: clean and clean-and-robust
+    accuracy under the three scores, formatted by the evaluation's own formatter (one seed: its 95% interval); an
+    attack that does not apply to a defense is left out."""
     rows = []
     for defense, by_attack in report["results"].items():
-        for attack in report["settings"]["attacks"]:
+        for attack in list(report["settings"]["attacks"]) + [WORST_CASE]:
             if by_attack.get(attack) is None:
                 continue
             rows.append([norm, attack, images, defense, format_accuracy(by_attack["clean"]["all"]),

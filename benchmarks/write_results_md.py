@@ -25,8 +25,15 @@ def _load(results_dir: Path, name: str):
 
 def _table_runs(r) -> list[tuple[str, dict, list[str]]]:
     """(key, entry, attacks) per evaluation run of robustness_table.json; a run of an earlier version of the
-    benchmark names its one attack only in its key ("Linf/pgd")."""
-    return [(key, entry, entry.get("attacks") or [key.split("/", 1)[1]]) for key, entry in r["results"].items()]
+    benchmark names its one attack only in its key ("Linf/pgd"). A run that reports the per-image worst case over
+    its attacks ("worst-case") shows it as one more attack column."""
+    runs = []
+    for key, entry in r["results"].items():
+        attacks = list(entry.get("attacks") or [key.split("/", 1)[1]])
+        if any("worst-case" in by_attack for by_attack in entry["results"].values()):
+            attacks.append("worst-case")
+        runs.append((key, entry, attacks))
+    return runs
 
 
 def _rescore_runs(r, entry) -> int:
@@ -251,7 +258,9 @@ def _spread_note(seeds) -> str:
 
 
 DEFENSE_NAMES = {"undefended": "undefended classifier", "none": "unguided purification (DiffPure-style)",
-                 "pixel": "pixel guidance (GDMP-style)", "latent": "latent guidance (AGDM)"}
+                 "pixel": "pixel guidance (GDMP-style)", "latent": "latent guidance (AGDM)",
+                 "robust-classifier": "robust classifier (adversarial training)",
+                 "latent+robust-classifier": "latent guidance, then the robust classifier"}
 README = Path(__file__).resolve().parents[1] / "README.md"
 README_START, README_END = "<!-- robustness-table:start -->", "<!-- robustness-table:end -->"
 
@@ -262,7 +271,7 @@ def readme_table(r) -> str:
     first run."""
     runs = _table_runs(r)
     attack_names = {"apgd": "APGD-EOT", "apgd-guidance": "APGD + guidance term", "pgd": "PGD-EOT",
-                    "autoattack-rand": "AA-rand"}
+                    "autoattack-rand": "AA-rand", "autoattack-standard": "AA-standard", "worst-case": "worst case"}
     columns = [(entry, attack) for _, entry, attacks in runs for attack in attacks]
     headers = [f"{entry.get('norm', key.split('/')[0])} {attack_names.get(attack, attack)} ({entry['images']} img) %"
                for key, entry, attacks in runs for attack in attacks]
@@ -270,7 +279,8 @@ def readme_table(r) -> str:
     rows = []
     for defense in first:
         cells = [format_accuracy(first[defense]["clean"]["all"])]
-        cells += [format_accuracy(entry["results"][defense].get(attack, {}).get("all")) for entry, attack in columns]
+        cells += [format_accuracy(entry["results"].get(defense, {}).get(attack, {}).get("all"))
+                  for entry, attack in columns]
         rows.append([DEFENSE_NAMES.get(defense, defense), *cells])
     k = {_rescore_runs(r, entry) for _, entry, _ in runs}
     failed = {key: [c["name"] for c in entry["sanity"] if c["passed"] is False] for key, entry, _ in runs}

@@ -131,6 +131,15 @@ def test_cli_evaluate_end_to_end(saved, tmp_path, capsys):
     assert report["run"]["command"].startswith("agdm evaluate --pipeline")
     assert report["settings"]["attacks"] == ["pgd", "bpda"] and report["data"]["num_images"] == 4
     assert report["pipeline"] == str(saved / "pipeline")
+    # The per-image worst case over the attacks and the adversarial-training baseline are in every table.
+    assert "worst case over all attacks" in printed and "| robust classifier (the guidance network" in printed
+    assert "| latent guidance, then the robust classifier |" in printed
+    for defense in ("undefended", "robust-classifier", "none", "pixel", "latent", "latent+robust-classifier"):
+        assert set(report["results"][defense]["worst-case"]) == {"all", "majority", "single"}
+    assert any(r["attack"] == "worst-case" and r["defense"] == "robust-classifier" for r in report["per_image"])
+    # The budget is printed with the tables: iterations, EOT and gradient evaluations per image of each attack.
+    assert "PGD-EOT (exact gradient): 2 steps, EOT 1 = 2 gradient evaluations per image" in printed
+    assert printed.index("Attack budget:") < printed.index("| defense |")
 
 
 def test_cli_fails_loudly_when_a_sanity_check_fails(saved, tmp_path, capsys):
@@ -140,6 +149,9 @@ def test_cli_fails_loudly_when_a_sanity_check_fails(saved, tmp_path, capsys):
     assert main(evaluate_args(saved, tmp_path / "a", *broken)) == EXIT_SANITY_FAILED
     captured = capsys.readouterr()
     assert "SANITY CHECK FAILED" in captured.out and "FAILED" in captured.err
+    # The verdict comes before the tables, so nobody quotes a number without reading it.
+    assert captured.out.index("VERDICT:") < captured.out.index("| defense |")
+    assert "cannot be trusted" in captured.out.split("| defense |")[0]
     assert main(evaluate_args(saved, tmp_path / "b", *broken, "--allow_failed_sanity")) == EXIT_OK
 
 

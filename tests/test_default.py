@@ -67,5 +67,5 @@ def test_agdm_commands_default_to_the_embedded_pipeline(tmp_path, capsys):
                  "--no-progress_bar", "--output_dir", str(tmp_path / "eval"), "--allow_failed_sanity"])
     assert code == 0
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert report["pipeline"] == "embedded default" and set(report["results"]) == {"undefended", "none", "pixel",
-                                                                                   "latent"}
+    assert report["pipeline"] == "embedded default" and set(report["results"]) == {
+        "undefended", "robust-classifier", "none", "pixel", "latent", "latent+robust-classifier"}

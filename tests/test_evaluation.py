@@ -12,6 +12,7 @@ from diffusers_agdm.evaluation import (
     EvaluationConfig,
     SanityCheckError,
     UndefendedClassifier,
+    check_converged_paired,
     check_gradient,
     check_huge_eps,
     check_no_rise,
@@ -24,8 +25,8 @@ from dummies import CLASSES, dummy_images, dummy_pipeline
 
 # Tiny budgets: these tests check the machinery. On tiny random components the sanity thresholds are not
 # meaningful, so they run with allow_failed_sanity unless a test is about the checks themselves.
-TINY = dict(steps=2, eot_samples=1, rescore_runs=3, batch_size=3, sanity_images=2, convergence_checks=("steps", "eot"),
-            num_examples=2, show_progress_bar=False, allow_failed_sanity=True)
+TINY = dict(steps=2, eot_samples=1, rescore_runs=3, selection_runs=2, batch_size=3, sanity_images=2,
+            convergence_checks=("steps", "eot"), num_examples=2, show_progress_bar=False, allow_failed_sanity=True)
 
 
 def labelled_data(pipe, n=4, seed=0) -> LabelledImages:
@@ -130,8 +131,9 @@ def test_evaluate_reports_every_defense_attack_and_setting(evaluated):
     assert report == json.loads(json.dumps(result.report))
     assert set(report["results"]) == set(DEFENSES)
     for defense, by_attack in report["results"].items():
-        guided = {"apgd-guidance"} if defense == "latent" else set()  # the guidance-target attack needs guidance
-        assert set(by_attack) == {"clean", "apgd", "pgd", "bpda", "surrogate"} | guided
+        # The guidance-target attack needs latent guidance; every defense has the per-image worst case over attacks.
+        guided = {"apgd-guidance"} if defense in ("latent", "latent+robust-classifier") else set()
+        assert set(by_attack) == {"clean", "apgd", "pgd", "bpda", "surrogate", "worst-case"} | guided
         for stat in by_attack.values():
             assert set(stat) == {"all", "majority", "single"}
     settings = report["settings"]
@@ -141,7 +143,8 @@ def test_evaluate_reports_every_defense_attack_and_setting(evaluated):
     assert settings["attack"]["loss"] == "margin"
     assert "clean and attacked" in settings["robust_rule"]
     assert settings["seeds"] == [0, 1] and settings["rescore_runs"] == 3
-    assert settings["surrogate"]["num_inference_steps"] == {"none": 1, "pixel": 1, "latent": 1}
+    assert settings["surrogate"]["num_inference_steps"] == {"none": 1, "pixel": 1, "latent": 1,
+                                                            "latent+robust-classifier": 1}
     assert report["defenses"]["latent"]["first_timestep"] == dummy_pipeline().resolve_settings().first_timestep
     run = report["run"]
     assert run["versions"]["diffusers_agdm"] and run["versions"]["torch"] and run["wall_time_s"] > 0
@@ -311,7 +314,7 @@ def test_units_are_shared_once_each_and_attacks_spread_over_processes():
     from diffusers_agdm.evaluation import Job, Unit, share_units, unit_cost
 
     jobs = [Job(d, a, 64, 0) if a == "clean" else Job(d, a, 64, 0, eps=0.3, steps=10, eot_samples=1, restarts=1)
-            for d in DEFENSES for a in ("clean", "apgd")]
+            for d in ("undefended", "none", "pixel", "latent") for a in ("clean", "apgd")]
     units = [Unit(job, start, start + 32) for start in (0, 32) for job in jobs] + [Unit(None, 0, 1, "latent")]
     shares = [share_units(units, p, 2) for p in range(2)]
     assert sorted(map(units.index, shares[0] + shares[1])) == list(range(len(units)))
@@ -362,3 +365,237 @@ def test_the_output_folder_is_checked_before_any_work(tmp_path, monkeypatch):
     blocker.write_text("")
     with pytest.raises(ValueError, match="not a folder"):
         evaluate(pipe, labelled_data(pipe, n=2), EvaluationConfig(**TINY), output_dir=blocker)
+
+
+# ---------------------------------------------------------------------------------------------------- the baseline
+def test_the_robust_classifier_is_the_guidance_network_at_t0_as_y_hat_is_computed():
+    from diffusers_agdm.evaluation import RobustClassifier
+
+    pipe = dummy_pipeline()
+    x = dummy_images(3)
+    specs = {s.name: s for s in defense_specs(pipe, DEFENSES, guidance_scale=7.0)}
+    robust = specs["robust-classifier"].build(pipe, seed=0)
+    assert isinstance(robust, RobustClassifier) and specs["robust-classifier"].settings is None
+    with torch.no_grad():
+        # The pipeline's own y_hat call: the input in [-1, 1], timestep 0.
+        y_hat_logits = pipe.guidance(x * 2 - 1, torch.zeros(1, dtype=torch.long)).logits
+        torch.testing.assert_close(robust(x), y_hat_logits)
+        assert torch.equal(robust(x), robust(x))  # deterministic
+        # Latent purification (the latent defense's settings), then the same robust network.
+        both = specs["latent+robust-classifier"]
+        assert both.settings == specs["latent"].settings
+        model = both.build(pipe, seed=4)
+        purified = specs["latent"].build(pipe, seed=4).purify(x)
+        torch.testing.assert_close(model(x), pipe.guidance(purified * 2 - 1, torch.zeros(1, dtype=torch.long)).logits)
+    described = both.describe(pipe)
+    assert described["classifier"] == "guidance network at t = 0" and described["guidance_scale"] == 7.0
+    # The pixel scale is stored under the name the API takes it by.
+    pixel = {s.name: s for s in defense_specs(pipe, ("pixel",), pixel_guidance_scale=3.0)}["pixel"].describe(pipe)
+    assert pixel["pixel_guidance_scale"] == 3.0 and "guidance_scale" not in pixel
+    with pytest.raises(ValueError, match="guidance network"):
+        RobustClassifier(dummy_pipeline().__class__(unet=pipe.unet, scheduler=pipe.scheduler, guidance=None,
+                                                    classifier=pipe.classifier))
+
+
+# ---------------------------------------------------------------------------------------------------- worst case
+def _records(outputs, config, defenses=("none",), num_images=3):
+    from diffusers_agdm.evaluation import Aggregate, EvaluationPlan, Records
+
+    config.validate()
+    plan = EvaluationPlan(config, num_images, list(defenses))
+    return plan, Aggregate(plan, Records(outputs, config.rescore_runs), [0] * num_images)
+
+
+def test_the_worst_case_row_chooses_on_selection_runs_and_reads_the_scoring_runs():
+    """Per image the candidate misclassified on the most selection runs (ties: the larger mean margin loss) is
+    chosen and its K-run record read: image 2 counts as robust because the example chosen on the selection runs
+    survives the scoring runs, although the other attack's example fails one scoring run (a minimum over scoring
+    runs would count it broken: biased low)."""
+    config = EvaluationConfig(defenses=("none",), attacks=("apgd", "pgd"), **{**TINY, "rescore_runs": 3})
+    from diffusers_agdm.evaluation import EvaluationPlan
+
+    plan = EvaluationPlan(config, 3, ["none"])
+    clean, apgd_job, pgd_job = (plan.job("none", a, 0) for a in ("clean", "apgd", "pgd"))
+
+    def out(job, runs, wrong=None, loss=None):
+        row = {"job": job, "start": 0, "correct_runs": runs, "run0_correct": [r > 0 for r in runs],
+               "predictions": [0] * 3, "seconds": 0.0}
+        return row | ({"selection_wrong": wrong, "selection_loss": loss} if wrong else {})
+
+    outputs = [out(clean, [3, 3, 3]), out(apgd_job, [3, 0, 3], [0, 5, 1], [-2.0, 1.0, -1.0]),
+               out(pgd_job, [0, 3, 2], [0, 2, 0], [-1.0, 0.5, -3.0])]
+    plan, aggregate = _records(outputs, config)
+    jobs = aggregate.attack_jobs("none", 0)
+    assert [r.attack for r in aggregate.records.worst_rows(jobs, 3)] == ["pgd", "apgd", "apgd"]
+    assert aggregate.robust(jobs, "all") == [False, False, True]
+    assert aggregate.robust(jobs, "single") == [False, False, True]
+    results = aggregate.results()["none"]
+    assert results["worst-case"]["all"]["mean"] == pytest.approx(1 / 3)
+    assert results["apgd"]["all"]["mean"] == pytest.approx(2 / 3)
+    assert results["pgd"]["all"]["mean"] == pytest.approx(1 / 3)
+    rows = [r for r in aggregate.per_image() if r["attack"] == "worst-case"]
+    assert [r["chosen_attack"] for r in rows] == ["pgd", "apgd", "apgd"]
+
+
+def test_on_a_deterministic_defense_the_worst_case_is_the_per_image_minimum_over_the_rows(tmp_path):
+    pipe = dummy_pipeline()
+    data = labelled_data(pipe, n=8, seed=0)
+    config = EvaluationConfig(defenses=("undefended", "robust-classifier"), attacks=("apgd", "pgd"), eps=0.02,
+                              **{**TINY, "sanity_images": 0, "gradient_check": False, "selection_runs": 2})
+    report = evaluate(pipe, data, config).report
+    k, s = config.rescore_runs, config.selection_runs
+    mixed = 0
+    for defense in ("undefended", "robust-classifier"):
+        rows = {(r["attack"], r["index"]): r for r in report["per_image"] if r["defense"] == defense}
+        for i in range(len(data)):
+            assert rows[("apgd", i)]["correct_runs"] in (0, k) and rows[("apgd", i)]["selection_wrong"] in (0, s)
+            for kind, ok in {"all": lambda r: r["correct_runs"] == k, "majority": lambda r: 2 * r["correct_runs"] > k,
+                             "single": lambda r: r["run0_correct"]}.items():
+                per_row = [ok(rows[(a, i)]) for a in ("apgd", "pgd")]
+                mixed += per_row[0] != per_row[1]
+                assert ok(rows[("worst-case", i)]) == min(per_row)
+        for kind in ("all", "majority", "single"):
+            expected = sum(min(rows[("clean", i)]["correct_runs"] == k, rows[("apgd", i)]["correct_runs"] == k,
+                               rows[("pgd", i)]["correct_runs"] == k) for i in range(len(data))) / len(data)
+            if kind == "all":
+                assert report["results"][defense]["worst-case"]["all"]["mean"] == pytest.approx(expected)
+            assert report["results"][defense]["worst-case"][kind]["mean"] <= min(
+                report["results"][defense][a][kind]["mean"] for a in ("apgd", "pgd"))
+    assert mixed > 0  # some image survives one attack and not the other: the minimum is not trivial
+
+
+# ---------------------------------------------------------------------------------------------------- convergence
+class Ripple(nn.Module):
+    """A linear classifier plus a random high-frequency ripple drawn afresh per call: tiny in the logits (amplitude
+    a / w), large in the gradient (amplitude a). A one-draw gradient points partly nowhere, so a short EOT-1 attack
+    has not converged; averaging draws removes the ripple."""
+
+    def __init__(self, dim=64, classes=2, a=5.0, w=1000.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, dim, generator=torch.Generator().manual_seed(0)),
+                                   requires_grad=False)
+        self.a, self.w, self.generator = a, w, torch.Generator().manual_seed(0)
+
+    def reseed(self, seed):
+        self.generator.manual_seed(seed)
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        r = torch.randn(flat.shape[0], *self.weight.shape, generator=self.generator, dtype=flat.dtype)
+        return flat @ self.weight.T + torch.sin(self.w * torch.einsum("bd,bcd->bc", flat, r)) * self.a / self.w
+
+
+def test_the_paired_convergence_check_fails_apgd_10_eot_1_and_passes_a_converged_budget():
+    """Doubling each axis (steps, EOT, runs) of APGD-10 EOT 1 breaks images it left robust, and the paired test
+    says so; APGD-100 EOT 16 is converged on this defense, and doubling any axis changes no image's verdict."""
+    from diffusers_agdm.attacks import apgd, rescore
+
+    model = Ripple()
+    x = torch.rand(128, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = (x.flatten(1) @ model.weight.T).argmax(-1)
+
+    def robust(steps, eot, restarts):
+        model.reseed(5)
+        adversarial = apgd(model, x, y, eps=0.05, steps=steps, eot_samples=eot, restarts=restarts,
+                           generator=torch.Generator().manual_seed(3))
+        scored = rescore(model, adversarial, y, 5, seed=7)
+        return {kind: scored.counts_correct(kind).tolist() for kind in ("all", "majority", "single")}
+
+    for (steps, eot), converged in (((10, 1), False), ((100, 16), True)):
+        weak = robust(steps, eot, 1)
+        for axis, budget in (("the steps", (2 * steps, eot, 1)), ("the EOT draws", (steps, 2 * eot, 1)),
+                             ("the runs", (steps, eot, 2))):
+            check = check_converged_paired("ripple", axis, ("reported", weak), ("doubled", robust(*budget)))
+            assert check.passed == converged, check.detail
+            if not converged:
+                assert "not converged" in check.detail and check.values["scores"]["all"]["p_value"] < 0.05
+
+
+def test_the_paired_test_and_its_false_alarm_rate():
+    from diffusers_agdm.evaluation.sanity import false_alarm_rate, sign_test_p_value
+
+    assert sign_test_p_value(5, 0) == 1 / 32 and sign_test_p_value(0, 0) == 1.0
+    assert sign_test_p_value(6, 1) == pytest.approx(8 / 128)
+    # Without a real change the rule fires at most ~alpha when few images change; the tolerance adds to it.
+    assert false_alarm_rate(4, 32, 0.05, 0.15) == 0.0 and false_alarm_rate(5, 32, 0.05, 0.15) == 1 / 32
+    assert false_alarm_rate(10, 32, 0.05, 0.15) == pytest.approx(0.0547, abs=1e-3)
+    # Eight images robust -> broken and none back: a drop the old 2-point unpaired rule could not tell from noise
+    # on a row that also repaired others; here the paired test rejects.
+    weak = ("reported", {"all": [True] * 8 + [False] * 24})
+    assert not check_converged_paired("d", "the steps", weak, ("doubled", {"all": [False] * 32})).passed
+    swapped = ("doubled", {"all": [False] * 4 + [True] * 4 + [True] * 4 + [False] * 20})
+    assert check_converged_paired("d", "the steps", weak, swapped).passed  # 4 each way: no evidence of a drop
+    spent = check_converged_paired("d", "the steps", weak, ("doubled", weak[1]), spent=(200.0, 200.0))
+    assert not spent.passed and "not spent" in spent.detail
+
+
+def test_autoattack_doubled_jobs_really_double_and_an_ignored_budget_fails_the_check(monkeypatch):
+    """With AutoAttack as the only attack, the doubled jobs must run twice the iterations and EOT draws. An
+    AutoAttack that ignored the job's budget (as the evaluation once did: it read the config's) returns the same
+    images, which a check on accuracies alone would pass: the spent gradient evaluations make it fail."""
+    import dataclasses
+
+    from diffusers_agdm.attacks import autoattack
+    from diffusers_agdm.evaluation import ATTACK_SPECS
+
+    pipe = dummy_pipeline()
+    data = labelled_data(pipe, n=2)
+    config = EvaluationConfig(defenses=("none",), attacks=("autoattack-rand",), autoattack_steps=2,
+                              autoattack_eot_iter=1, **{**TINY, "gradient_check": False})
+    report = evaluate(pipe, data, config).report
+    checks = {c["name"]: c for c in report["sanity_checks"]}
+    for axis, ratio in (("the steps", 5 / 3), ("the EOT draws", 2.0)):  # 2 runs x (1 + steps) x EOT evaluations
+        check = checks[f"attack converged: doubling {axis} [none, autoattack-rand]"]
+        weak, strong = check["values"]["gradient_evaluations_per_image"].values()
+        assert strong == pytest.approx(ratio * weak) and "not spent" not in check["detail"]
+    assert "attack converged: doubling the runs [none, autoattack-rand]" not in checks  # it has no runs to double
+
+    def ignores_the_job(model, images, labels, job, *, config, num_classes, generator, callback):
+        return autoattack(model, images, labels, eps=job.eps, norm=job.norm, version="rand", n_classes=num_classes,
+                          seed=generator.initial_seed() % 2**31, steps=config.autoattack_steps,
+                          eot_iter=config.autoattack_eot_iter, callback=callback)
+
+    monkeypatch.setitem(ATTACK_SPECS, "autoattack-rand",
+                        dataclasses.replace(ATTACK_SPECS["autoattack-rand"], runner=ignores_the_job))
+    report = evaluate(pipe, data, config).report
+    checks = {c["name"]: c for c in report["sanity_checks"]}
+    for axis in ("the steps", "the EOT draws"):
+        check = checks[f"attack converged: doubling {axis} [none, autoattack-rand]"]
+        assert check["status"] == "FAILED" and "doubled budget was not spent" in check["detail"]
+
+
+def test_a_doubled_number_of_runs_really_doubles_even_past_the_classes():
+    from diffusers_agdm.evaluation import EvaluationPlan
+
+    config = EvaluationConfig(defenses=("none",), restarts=1, targeted_restarts=3, **TINY)
+    config.validate()
+    plan = EvaluationPlan(config, 4, ["none"], num_classes=CLASSES)  # at most 3 targeted runs with 4 classes
+    job = plan.job("none", "apgd", 0)
+    doubled = plan.doubled(job, "restarts")
+    assert (doubled.restarts + doubled.targeted_restarts) == 2 * (job.restarts + job.targeted_restarts)
+    assert doubled.targeted_restarts == CLASSES - 1 and doubled.restarts == 5
+    assert plan.doubled(job, "steps").steps == 2 * job.steps and plan.doubled(job, "eot").eot_samples == 2
+    with pytest.raises(ValueError, match="no 'restarts'"):
+        plan.doubled(plan.job("none", "pgd", 0), "restarts")
+
+
+def test_one_k_run_rule_for_numbers_tensors_and_rescored_predictions():
+    from diffusers_agdm.attacks import RescoredPredictions, rescore, robust_under
+
+    assert [robust_under("all", r, 5) for r in (4, 5)] == [False, True]
+    assert [robust_under("majority", r, 4) for r in (2, 3)] == [False, True]  # a tie is wrong
+    assert robust_under("single", 0, 5, True) is True
+    runs = torch.tensor([0, 2, 3, 5])
+    assert robust_under("majority", runs, 5).tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="Unknown score"):
+        robust_under("best", 5, 5)
+    scored = RescoredPredictions(torch.tensor([[0, 1, 1], [0, 0, 1], [1, 0, 1]]), torch.tensor([0, 0, 1]))
+    assert scored.accuracy("all") == pytest.approx(1 / 3) and scored.accuracy("majority") == pytest.approx(1.0)
+    assert scored.accuracy("single") == pytest.approx(2 / 3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    with_losses = rescore(model, x, y, runs=2, losses=True)
+    assert with_losses.losses.shape == (2, 6)
+    assert ((with_losses.losses > 0) == ~with_losses.correct).all()  # the margin loss is > 0 exactly when wrong
+    assert rescore(model, x, y, runs=2).losses is None

@@ -178,7 +178,8 @@ def run_shell_example(command: str, tmp_path: Path, digits) -> None:
         assert main(["evaluate", *_tiny(flags, output)]) == 0, command
         report = json.loads((output / "results.json").read_text())
         given = dict(zip(flags[::1], flags[1::1]))
-        assert set(report["results"]) == {"undefended", "none", "pixel", "latent"}
+        assert set(report["results"]) == {"undefended", "robust-classifier", "none", "pixel", "latent",
+                                          "latent+robust-classifier"}
         if "--norm" in given:
             assert report["settings"]["threat_model"]["norm"] == given["--norm"]
         if "--dataset_name" in given:

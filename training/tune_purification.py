@@ -25,10 +25,10 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from diffusers_agdm import load_pipeline
-from diffusers_agdm.attacks import LOSSES, rescore
+from diffusers_agdm.attacks import LOSSES, rescore, robust_under
 from diffusers_agdm.data import load_labelled_images
 from diffusers_agdm.data.datasets import is_test_split
-from diffusers_agdm.evaluation import SCORES, EvaluationConfig, evaluate
+from diffusers_agdm.evaluation import SCORES, EvaluationConfig, defense_specs, evaluate
 from diffusers_agdm.evaluation.seeds import derive_seed
 from diffusers_agdm.loading import load_classifier
 from diffusers_agdm.settings_table import UNTUNED_DEFAULTS, add_purification_arguments
@@ -135,10 +135,11 @@ def evaluation_config(args, defense: str, **settings) -> EvaluationConfig:
         **settings)
 
 
-def clean_accuracy(pipe, data, args, **purification) -> dict:
-    """Clean accuracy of one setting on the whole split under the three scores of `agdm evaluate`: correct in all K
-    runs, in a majority of K, in run 0 (K = `args.rescore_runs`, fresh purification noise per run)."""
-    settings = pipe.resolve_settings(**purification)
+def clean_accuracy(pipe, data, args, defense: str, **purification) -> dict:
+    """Clean accuracy of one setting of `defense` on the whole split under the three scores of `agdm evaluate`:
+    correct in all K runs, in a majority of K, in run 0 (K = `args.rescore_runs`, fresh purification noise per
+    run)."""
+    settings = defense_specs(pipe, (defense,), **purification)[0].settings
     correct = []
     for start in range(0, len(data), args.batch_size):
         model = pipe.defended_classifier(seed=None, gradient_checkpointing=False, settings=settings)
@@ -147,10 +148,8 @@ def clean_accuracy(pipe, data, args, **purification) -> dict:
                          seed=derive_seed(args.seed, "tuning-clean", start))
         correct.append(scored.correct)
     correct = torch.cat(correct, dim=1)  # (K, N)
-    runs = correct.sum(0)
-    return {"all": (runs == args.rescore_runs).float().mean().item(),
-            "majority": (2 * runs > args.rescore_runs).float().mean().item(),
-            "single": correct[0].float().mean().item()}
+    return {kind: robust_under(kind, correct.sum(0), args.rescore_runs, correct[0]).float().mean().item()
+            for kind in SCORES}
 
 
 def robust_accuracy(pipe, data, args, defense: str, output_dir=None, **settings) -> dict:
@@ -186,11 +185,12 @@ def main(argv=None):
     progress = tqdm(total=settings, desc="tuning purification", unit="setting",
                     disable=not (args.progress_bar and PartialState().is_main_process))
 
-    def record(defense, strength, scale, purify_kwargs, eval_kwargs):
-        clean = clean_accuracy(pipe, data, args, strength=strength, num_inference_steps=steps, **purify_kwargs)
+    def record(defense, strength, scale, scales):
+        # `scales`: the swept scale under its `defense_specs` name, for purification and `evaluate` alike.
+        clean = clean_accuracy(pipe, data, args, defense, strength=strength, num_inference_steps=steps, **scales)
         work = None if args.work_dir is None else Path(args.work_dir) / f"{defense}-t{strength:g}-s{scale:g}"
         robust = robust_accuracy(pipe, robust_data, args, defense, output_dir=work, strength=strength,
-                                 num_inference_steps=steps, **eval_kwargs)
+                                 num_inference_steps=steps, **scales)
         # `clean_accuracy` / `robust_accuracy` are the "all K runs" scores the choice is made on.
         rows.append({"defense": defense, "strength": strength, "scale": scale, "clean_accuracy": clean["all"],
                      "robust_accuracy": robust["all"], "clean": clean, "robust": robust})
@@ -201,13 +201,11 @@ def main(argv=None):
                        f"({time.time() - started:.0f} s)")
 
     for strength in args.strengths:
-        record("none", strength, 0.0, {"guidance": "none"}, {})
+        record("none", strength, 0.0, {})
         for scale in args.latent_scales:
-            record("latent", strength, scale, {"guidance": "latent", "guidance_scale": scale},
-                   {"guidance_scale": scale})
+            record("latent", strength, scale, {"guidance_scale": scale})
         for scale in args.pixel_scales:
-            record("pixel", strength, scale, {"guidance": "pixel", "pixel_guidance_scale": scale},
-                   {"pixel_guidance_scale": scale})
+            record("pixel", strength, scale, {"pixel_guidance_scale": scale})
 
     progress.close()
     latent = choose(rows, "latent", args.min_clean)

@@ -14,7 +14,8 @@ Adaptive attacks on purification defenses.
   comparison; attack them and score on the real defense.
 - [`autoattack`]: AutoAttack 'rand' (ours, on [`apgd`]; never returns a clean input for an unflipped point) and
   'standard' (torchattacks 3.5.1).
-- [`rescore`]: re-run a stochastic defense K times on the images; "all K correct", "majority of K", one run.
+- [`rescore`], [`robust_under`]: re-run a stochastic defense K times on the images; the one K-run rule ("all K
+  correct", "majority of K", one run).
 """
 
 from .apgd import SELECTION_DRAWS, AttackStats, apgd, checkpoints, selection_scores
@@ -22,7 +23,7 @@ from .autoattack import AUTOATTACK_VERSIONS, autoattack, autoattack_rand
 from .losses import LOSSES, attack_loss, per_image_loss
 from .objective import AttackObjective, guidance_target_logits
 from .pgd import NORMS, ascent_direction, check_budget, default_step_size, eot_gradient, pgd, project
-from .scoring import RescoredPredictions, rescore
+from .scoring import SCORES, RescoredPredictions, rescore, robust_under
 from .surrogates import BPDAClassifier, surrogate_defense
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "NORMS",
     "RescoredPredictions",
     "SELECTION_DRAWS",
+    "SCORES",
     "apgd",
     "ascent_direction",
     "attack_loss",
@@ -48,6 +50,7 @@ __all__ = [
     "pgd",
     "project",
     "rescore",
+    "robust_under",
     "selection_scores",
     "surrogate_defense",
 ]

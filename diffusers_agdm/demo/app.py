@@ -56,7 +56,7 @@ def attack_each_defense(pipe, image: torch.Tensor, label: int, *, eps: float, st
     """For each defense: PGD (margin loss, Linf `eps`, `steps` steps) with the exact gradient of that defense, the
     adversarial image purified once, and the defense's K = `runs` votes on the clean and the adversarial image."""
     from diffusers_agdm.attacks import pgd, rescore
-    from diffusers_agdm.evaluation.defenses import UndefendedClassifier
+    from diffusers_agdm.evaluation.defenses import defense_specs
 
     labels = torch.tensor([label])
     rows = []
@@ -70,8 +70,7 @@ def attack_each_defense(pipe, image: torch.Tensor, label: int, *, eps: float, st
 
         if progress is not None:
             progress(i / len(defenses), desc=f"attacking {DEFENSES[name]}")
-        model = UndefendedClassifier(pipe) if name == "undefended" else pipe.defended_classifier(seed=seed,
-                                                                                                guidance=name)
+        model = defense_specs(pipe, (name,))[0].build(pipe, seed)
         if eps > 0:
             adversarial = pgd(model, image, labels, eps=eps, norm="Linf", steps=steps, loss="margin",
                               generator=torch.Generator().manual_seed(seed),

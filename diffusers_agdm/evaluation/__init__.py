@@ -1,8 +1,10 @@
 """
 Robustness evaluation of purification defenses: [`evaluate`] (and `agdm evaluate`) compares the undefended classifier,
-unguided purification, pixel guidance and latent guidance under exact-gradient APGD-EOT (with restarts and a
-guidance-target variant), PGD, the BPDA and surrogate baselines and AutoAttack, with clean-and-robust scoring over K
-defense runs, convergence and sanity checks, JSON / markdown reports and plots, and resumable runs.
+the adversarial-training baseline (the guidance network as the classifier), unguided purification, pixel guidance,
+latent guidance and latent guidance classified by the robust network under exact-gradient APGD-EOT (with restarts and
+a guidance-target variant), PGD, the BPDA and surrogate baselines and AutoAttack (one table: `attacks_registry.py`),
+with clean-and-robust scoring over K defense runs, the per-image worst case over all attacks, paired convergence and
+sanity checks, JSON / markdown reports and plots, and resumable runs.
 
 The names below load on first use (as the package's top level does), so that `agdm evaluate --help` can read
 [`EvaluationConfig`]'s fields without importing torch.
@@ -11,6 +13,13 @@ The names below load on first use (as the package's top level does), so that `ag
 import importlib
 
 _LAZY = {
+    "ATTACK_SPECS": ".attacks_registry",
+    "AttackSpec": ".attacks_registry",
+    "WORST_CASE": ".attacks_registry",
+    "attack_spec": ".attacks_registry",
+    "RobustClassifier": ".defenses",
+    "robust_logits": ".defenses",
+    "check_converged_paired": ".sanity",
     "Aggregate": ".aggregation",
     "Records": ".aggregation",
     "wilson_interval": ".aggregation",

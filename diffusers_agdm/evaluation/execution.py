@@ -1,12 +1,19 @@
-"""Running one unit of work: attack a chunk of images through one defense, then score it over K fresh defense runs."""
+"""
+Running one unit of work: attack a chunk of images through one defense, then score it over K fresh defense runs,
+and judge it on `selection_runs` further runs (which the per-image worst case over attacks chooses on).
+
+Three separate streams of purification noise, each seeded from (seed, purpose, first image of the chunk): the
+attack's, the selection runs' and the K scoring runs'. The worst case picks each image's adversarial example on the
+selection runs and reads its score from the scoring runs, so the choice cannot overfit the score.
+"""
 
 import copy
 import time
 
 import torch
 
-from ..attacks import BPDAClassifier, apgd, autoattack, pgd, rescore
-from .config import PGD_FAMILY, EvaluationConfig
+from ..attacks import BPDAClassifier, rescore
+from .config import EvaluationConfig
 from .defenses import DefenseSpec
 from .planning import Job, Unit
 from .sanity import SanityCheck, check_gradient
@@ -30,31 +37,32 @@ class UnitRunner:
 
     def gradient_model(self, job: Job, spec: DefenseSpec, seed: int):
         """The model an attack differentiates: the real defense, BPDA around it, or the surrogate process."""
-        if job.attack == "bpda":
-            return BPDAClassifier(spec.build(self.pipeline, seed), self.pipeline.classifier_logits)
-        if job.attack == "surrogate" and spec.purifies:
+        gradient = job.spec.gradient
+        if gradient == "bpda":
+            return BPDAClassifier(spec.build(self.pipeline, seed), spec.classifier(self.pipeline))
+        if gradient == "surrogate" and spec.purifies:
             return spec.build(self.pipeline, seed, num_inference_steps=self.surrogate_steps(spec))
         return spec.build(self.pipeline, seed)
 
     def attack(self, job: Job, spec: DefenseSpec, images, labels, start: int, callback=None):
-        cfg = self.config
+        """The adversarial images of `job` on one chunk, and the gradient evaluations the attack spent on it (images
+        sent through the model with gradients enabled, EOT draws included)."""
         noise_seed = derive_seed(job.seed, "attack-noise", start)
         generator = torch.Generator().manual_seed(derive_seed(job.seed, "attack-start", start))
         model = self.gradient_model(job, spec, noise_seed)
-        if job.attack.startswith("apgd"):
-            weight = cfg.guidance_weight if job.attack == "apgd-guidance" else 0.0
-            return apgd(model, images, labels, eps=job.eps, norm=job.norm, steps=job.steps, restarts=job.restarts,
-                        targeted_restarts=min(job.targeted_restarts, self.num_classes - 1),
-                        eot_samples=job.eot_samples, eot_batch=cfg.eot_batch, loss=cfg.loss,
-                        guidance_weight=weight, generator=generator, callback=callback)
-        if job.attack in PGD_FAMILY:
-            return pgd(model, images, labels, eps=job.eps, norm=job.norm, steps=job.steps, step_size=job.step_size,
-                       eot_samples=job.eot_samples, eot_batch=cfg.eot_batch, random_start=job.random_start,
-                       loss=cfg.loss, generator=generator, callback=callback)
-        return autoattack(model, images, labels, eps=job.eps, norm=job.norm, version=job.attack.split("-", 1)[1],
-                          n_classes=self.num_classes, seed=generator.initial_seed() % 2**31,
-                          steps=cfg.autoattack_steps, eot_iter=cfg.autoattack_eot_iter,
-                          square_queries=cfg.autoattack_square_queries, eot_batch=cfg.eot_batch, callback=callback)
+        spent = [0]
+
+        def count(module, inputs, output):
+            if torch.is_grad_enabled():
+                spent[0] += inputs[0].shape[0]
+
+        handle = model.register_forward_hook(count)
+        try:
+            adversarial = job.spec.runner(model, images, labels, job, config=self.config,
+                                          num_classes=self.num_classes, generator=generator, callback=callback)
+        finally:
+            handle.remove()
+        return adversarial, spent[0]
 
     # ------------------------------------------------------------------ one unit
     def run(self, unit: Unit, wants_examples: bool = False, callback=None) -> dict:
@@ -66,8 +74,9 @@ class UnitRunner:
         job, spec = unit.job, self.specs[unit.job.defense]
         images = self.data.images[unit.start:unit.end].to(self.device)
         labels = self.data.labels[unit.start:unit.end].to(self.device)
-        evaluated = images if job.attack == "clean" else self.attack(job, spec, images, labels, unit.start, callback)
+        evaluated, spent = images, 0
         if job.attack != "clean":
+            evaluated, spent = self.attack(job, spec, images, labels, unit.start, callback)
             self.check_within_budget(job, images, evaluated)
         scorer = spec.build(self.pipeline, seed=None)
         rescore_seed = derive_seed(job.seed, "rescore", unit.start)
@@ -75,10 +84,17 @@ class UnitRunner:
         output = {
             "job": job, "start": unit.start,
             "correct_runs": scored.correct_runs.tolist(), "run0_correct": scored.correct[0].tolist(),
-            "predictions": scored.predictions[0].tolist(), "seconds": time.perf_counter() - began,
+            "predictions": scored.predictions[0].tolist(),
         }
+        if job.attack != "clean":
+            # The same selection draws for every attack of a chunk (paired), apart from the scoring draws.
+            selected = rescore(scorer, evaluated, labels, self.config.selection_runs,
+                               seed=derive_seed(job.seed, "selection", unit.start), losses=True)
+            output |= {"selection_wrong": (selected.runs - selected.correct_runs).tolist(),
+                       "selection_loss": selected.losses.mean(0).tolist(), "gradient_evaluations": spent}
+        output["seconds"] = time.perf_counter() - began
         if wants_examples:
-            output["examples"] = self.examples(scorer, rescore_seed, images, labels, evaluated)
+            output["examples"] = self.examples(spec, scorer, rescore_seed, images, labels, evaluated)
         return output
 
     @staticmethod
@@ -92,7 +108,7 @@ class UnitRunner:
                                f"{size.max().item():.4g}).")
 
     @torch.no_grad()
-    def examples(self, scorer, rescore_seed, images, labels, adversarial) -> dict:
+    def examples(self, spec: DefenseSpec, scorer, rescore_seed, images, labels, adversarial) -> dict:
         # Replays scoring run 0 on the whole chunk (same seed, same batch), so the purified image shown is the one
         # run 0 classified.
         scorer.reseed(rescore_seed)
@@ -102,7 +118,7 @@ class UnitRunner:
             "images": images[:n].cpu(), "labels": labels[:n].cpu(), "adversarial": adversarial[:n].cpu(),
             "purified": purified[:n].cpu(),
             "raw_predictions": self.pipeline.classifier_logits(adversarial[:n]).argmax(-1).cpu(),
-            "purified_predictions": self.pipeline.classifier_logits(purified).argmax(-1)[:n].cpu(),
+            "purified_predictions": spec.classifier(self.pipeline)(purified).argmax(-1)[:n].cpu(),
         }
 
     # ------------------------------------------------------------------ the gradient check

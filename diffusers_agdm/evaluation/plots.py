@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ATTACK_TITLES, GUIDED_ONLY
+from .attacks_registry import ATTACK_SPECS, ATTACK_TITLES, WORST_CASE
 from .defenses import DEFENSE_SHORT_TITLES
 
 
@@ -21,7 +21,7 @@ def _figure(width: float, height: float):
 def curve_attack(report: dict) -> str:
     """The attack the eps curve was measured with: the first attack that applies to every defense (as the plan
     chooses it), so a plot's title names what produced it."""
-    return next((a for a in report["settings"]["attacks"] if a not in GUIDED_ONLY), "apgd")
+    return next((a for a in report["settings"]["attacks"] if not ATTACK_SPECS[a].guided_only), "apgd")
 
 
 def plot_accuracy_vs_eps(report: dict, path) -> Path:
@@ -60,9 +60,14 @@ def plot_accuracy_vs_eps(report: dict, path) -> Path:
                 label = report["defenses"][defense]["title"] if kind == "all" else None
                 ax.errorbar(eps, mean, yerr=std, color=color, linestyle=style, marker="o", markersize=3, capsize=2,
                             label=label)
+            worst = report["results"].get(defense, {}).get(WORST_CASE)
+            if worst is not None:  # the per-image worst case over all attacks, at the nominal eps
+                ax.plot([report["settings"]["threat_model"]["eps"]], [100 * worst["all"]["mean"]], color=color,
+                        marker="*", markersize=10, linestyle="none")
         ax.axvline(report["settings"]["threat_model"]["eps"], color="gray", linewidth=0.8, linestyle=":")
         ax.set_xlabel(f"{norm} eps")
-        ax.set_title(f"Robust accuracy under {attack} (solid: all {k} runs correct; dashed: majority)", fontsize=9)
+        ax.set_title(f"Robust accuracy under {attack} (solid: all {k} runs correct; dashed: majority; "
+                     "star: worst case over all attacks)", fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
@@ -98,7 +103,8 @@ def plot_examples_grid(examples: dict, path, report: dict | None = None) -> Path
         rows.append((f"adversarial\nvs {title}", ex["adversarial"],
                      [f"classifier: {name(p)}" for p in ex["raw_predictions"].tolist()]))
         if defense != "undefended":
-            rows.append((f"purified by\n{title}", ex["purified"],
+            purifies = "strength" in (report or {}).get("defenses", {}).get(defense, {"strength": None})
+            rows.append((f"{'purified by' if purifies else 'classified by'}\n{title}", ex["purified"],
                          [f"{name(p)} {'✓' if p == y else '✗'}"
                           for p, y in zip(ex["purified_predictions"].tolist(), labels)]))
     columns = len(labels)

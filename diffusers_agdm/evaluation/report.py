@@ -4,12 +4,17 @@ import json
 from pathlib import Path
 
 from ..utils.io import atomic_write_text, markdown_table
-from .config import ATTACK_TITLES, SCORE_TITLES, SCORES
+from .attacks_registry import ATTACK_SPECS, ATTACK_TITLES, WORST_CASE
+from .config import SCORE_TITLES, SCORES
 from .plots import plot_accuracy_vs_eps, plot_examples_grid
 from .sanity import SanityCheck, format_sanity_block
 
 ROBUST_RULE = ("An image counts as robust only if the defense classifies it correctly both clean and attacked; "
                "clean accuracy uses the same score. K = {k} fresh defense runs per image.")
+WORST_CASE_RULE = ("Worst case over all attacks: per image, the adversarial example of the attack row misclassified "
+                   "on the most of {s} selection runs (drawn apart from the attack's and the K scoring runs; ties: "
+                   "the larger mean margin loss) is chosen, then scored over the same K runs; robust only if that "
+                   "example fails too.")
 
 
 def format_accuracy(stat: dict | None) -> str:
@@ -29,7 +34,7 @@ def format_accuracy(stat: dict | None) -> str:
 def results_table(report: dict, kind: str = "all") -> str:
     """Defense x {clean, each attack} as a markdown table of accuracy (%), mean ± std over seeds (one seed: its
     95% interval); robust columns are clean-and-robust."""
-    columns = ["clean"] + list(report["settings"]["attacks"])
+    columns = ["clean"] + list(report["settings"]["attacks"]) + [WORST_CASE]
     return markdown_table(["defense"] + [ATTACK_TITLES[c] for c in columns],
                           [[report["defenses"][defense]["title"]] + [format_accuracy(by_attack.get(c, {}).get(kind))
                                                                      for c in columns]
@@ -53,9 +58,17 @@ def settings_summary(config, plan, pipeline, specs) -> dict:
                     config.seeds[0])
     surrogate = {}
     if "surrogate" in config.attacks:
-        for d in plan.purifying:
-            steps = specs[d].settings.num_inference_steps
-            surrogate[d] = config.surrogate_steps if config.surrogate_steps is not None else max(1, steps // 2)
+        for d in plan.defenses:
+            if specs[d].purifies:
+                steps = specs[d].settings.num_inference_steps
+                surrogate[d] = config.surrogate_steps if config.surrogate_steps is not None else max(1, steps // 2)
+    budgets = {}
+    for attack in config.attacks:
+        job, spec = plan.job(plan.defenses[0], attack, config.seeds[0]), ATTACK_SPECS[attack]
+        budgets[attack] = {"budget": spec.describe_budget(job), "iterations_per_image": spec.iterations(job),
+                           "runs": spec.runs(job), "eot_samples": job.eot_samples,
+                           "gradient_evaluations_per_image": spec.gradient_evaluations(job, plan.num_classes),
+                           "gradient": spec.gradient}
     return {
         "threat_model": {"norm": config.norm, "eps": config.eps, "eps_grid": plan.curve_eps()},
         "attacks": list(config.attacks),
@@ -67,16 +80,26 @@ def settings_summary(config, plan, pipeline, specs) -> dict:
                    "guidance_weight (apgd-guidance)": config.guidance_weight,
                    "gradient": "exact, through the whole defense (forward noising, every reverse step, second order "
                                "through the guidance network, classifier), per-step gradient checkpointing"},
+        "attack_budgets": budgets,
         "surrogate": {"num_inference_steps": surrogate},
         "autoattack": {"steps": config.autoattack_steps, "eot_iter (rand)": config.autoattack_eot_iter,
                        "square_queries (standard)": config.autoattack_square_queries},
         "rescore_runs": config.rescore_runs,
         "scores": list(SCORES),
         "robust_rule": ROBUST_RULE.format(k=config.rescore_runs),
+        "selection_runs": config.selection_runs,
+        "worst_case_rule": WORST_CASE_RULE.format(s=config.selection_runs),
         "seeds": list(config.seeds),
         "batch_size": config.batch_size,
         "sanity": {"images": plan.sanity_count, "convergence_checks": list(config.convergence_checks),
-                   "convergence_tolerance": config.convergence_tolerance, "huge_eps": config.huge_eps,
+                   "convergence_tolerance": config.convergence_tolerance,
+                   "convergence_alpha": config.convergence_alpha,
+                   "convergence_rule": (
+                       "per image, paired: fails when the exact one-sided McNemar test of robust -> broken against "
+                       f"broken -> robust rejects at alpha {config.convergence_alpha:g} or robust accuracy drops by "
+                       f"more than {100 * config.convergence_tolerance:g} points, under any score; every attack row "
+                       "and the worst-case row"),
+                   "huge_eps": config.huge_eps,
                    "huge_eps_attack": "PGD-20 from the clean image (no random start)",
                    "gradient_check": config.gradient_check},
         "config": asdict(config),
@@ -96,19 +119,54 @@ def _settings_lines(report: dict) -> list[str]:
         "gradient through the whole defense",
         f"- scoring: {s['robust_rule']} Seeds {s['seeds']}.",
     ]
+    if s.get("worst_case_rule"):
+        lines.append(f"- {s['worst_case_rule']}")
+    sanity = s["sanity"]
+    if sanity["images"] and sanity["convergence_checks"] and sanity.get("convergence_rule"):
+        lines.append(f"- convergence check ({', '.join(sanity['convergence_checks'])} doubled on {sanity['images']} "
+                     f"images): {sanity['convergence_rule']}. With no real change it fires at most alpha of the time "
+                     "per row, axis and score through the test, more through the tolerance when many images "
+                     "change; each check states its exact false-alarm rate.")
     if "surrogate" in s["attacks"]:
         lines.append(f"- surrogate reverse steps: {s['surrogate']['num_inference_steps']}")
-    if any(a.startswith("autoattack") for a in s["attacks"]):
+    if any(ATTACK_SPECS[a].family == "autoattack" for a in s["attacks"] if a in ATTACK_SPECS):
         aa = s["autoattack"]
         lines.append(f"- AutoAttack: {aa['steps']} iterations, EOT {aa['eot_iter (rand)']} (rand), "
                      f"{aa['square_queries (standard)']} Square queries (standard)")
     for defense, info in report["defenses"].items():
         if "strength" in info:
+            scale = info.get("guidance_scale", info.get("pixel_guidance_scale"))
             lines.append(f"- {info['title']}: t* = {info['first_timestep']} of {info['num_train_timesteps']} "
                          f"(strength {info['strength']:g}), {info['num_inference_steps']} {info['scheduler']} steps, "
-                         f"guidance {info['guidance']} scale {info['guidance_scale']:g}, "
-                         f"lambda {info['feature_weight']:g}")
+                         f"guidance {info['guidance']} scale {scale:g}, lambda {info['feature_weight']:g}"
+                         + (", then the robust classifier" if info.get("classifier", "classifier") != "classifier"
+                            else ""))
     return lines
+
+
+def budget_lines(report: dict) -> list[str]:
+    """Each attack's budget, as planned and as spent: what every table's numbers were measured under."""
+    s = report["settings"]
+    budgets, spent = s.get("attack_budgets", {}), report.get("gradient_evaluations_spent", {})
+    lines = []
+    for attack in s["attacks"]:
+        b = budgets.get(attack)
+        if b is None:
+            continue
+        used = sorted({round(by_attack[attack], 1) for by_attack in spent.values() if attack in by_attack})
+        used_text = f"; spent {', '.join(f'{u:g}' for u in used)} per image" if used else ""
+        lines.append(f"- {ATTACK_TITLES[attack]}: {b['budget']} = {b['gradient_evaluations_per_image']} gradient "
+                     f"evaluations per image{'' if ATTACK_SPECS[attack].fixed_budget else ' (at most)'}{used_text}")
+    return lines
+
+
+def verdict_line(report: dict) -> str | None:
+    """One line before the tables when a sanity check failed: the numbers below cannot be trusted."""
+    failed = [c["name"] for c in report["sanity_checks"] if c["passed"] is False]
+    if not failed:
+        return None
+    return (f"VERDICT: {len(failed)} sanity check(s) FAILED ({', '.join(failed[:3])}"
+            f"{', ...' if len(failed) > 3 else ''}): the robust accuracies below cannot be trusted.")
 
 
 def _checks(report: dict) -> list[SanityCheck]:
@@ -124,7 +182,7 @@ def markdown_report(report: dict) -> str:
         parts += [
             "> **SANITY CHECK FAILED: the robust accuracies below cannot be trusted.** See the checks below.", ""
         ]
-    parts += _settings_lines(report) + [""]
+    parts += _settings_lines(report) + ["", "Attack budgets:", ""] + budget_lines(report) + [""]
     for kind in SCORES:
         parts += [f"## Accuracy (%), {SCORE_TITLES[kind].format(k=k)}", "", results_table(report, kind), ""]
     parts += ["## Robust accuracy (%) against eps, first attack, all runs correct", "", eps_table(report, "all"), "",
@@ -137,10 +195,14 @@ def markdown_report(report: dict) -> str:
 
 
 def text_summary(result, color: bool = False) -> str:
-    """What `agdm evaluate` prints: the conservative table, the majority table and the sanity checks."""
+    """What `agdm evaluate` prints: a verdict line first when a sanity check failed, the scoring rules and each
+    attack's budget, the three score tables (every attack, then the worst case over them) and the sanity checks."""
     report = result.report
     k = report["settings"]["rescore_runs"]
-    parts = [report["settings"]["robust_rule"], ""]
+    verdict = verdict_line(report)
+    parts = [verdict, ""] if verdict else []
+    parts += [report["settings"]["robust_rule"], report["settings"].get("worst_case_rule", ""), "",
+              "Attack budget:", *budget_lines(report), ""]
     for kind in SCORES:
         parts += [f"Accuracy (%), {SCORE_TITLES[kind].format(k=k)}:", results_table(report, kind), ""]
     parts += ["Sanity checks:", format_sanity_block(result.sanity_checks, color=color)]

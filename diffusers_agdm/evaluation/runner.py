@@ -1,5 +1,6 @@
 """
-`evaluate`: clean and robust accuracy of the four defenses on the same images, seeds and budgets, with sanity checks.
+`evaluate`: clean and robust accuracy of every defense on the same images, seeds and budgets, with the per-image worst
+case over all attacks and sanity checks.
 
 The work is a short sequence of its own modules: [`EvaluationConfig`] (settings, validated once) ->
 [`EvaluationPlan`] (jobs and units) -> [`UnitRunner`] (one unit: attack, then K-run scoring; finished units saved by
@@ -18,16 +19,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..attacks.autoattack import autoattack_min_classes
 from ..data import LabelledImages, check_images_fit
 from ..distributed import needs_cpu_process_group
 from ..utils.paths import check_output_dir
 from .aggregation import Aggregate, Records
+from .attacks_registry import attack_spec
 from .checks import sanity_checks
 from .config import ATTACK_TITLES, ATTACKS, EvaluationConfig
-from .defenses import DEFENSE_TITLES, DEFENSES, DefenseSpec, defense_specs
+from .defenses import DEFENSE_TITLES, DEFENSES, ROBUSTLY_CLASSIFIED, DefenseSpec, defense_specs, robust_logits
 from .execution import UnitRunner
-from .planning import EvaluationPlan, share_units
+from .planning import EvaluationPlan, applies, share_units
 from .report import settings_summary, text_summary, write_outputs
 from .sanity import SanityCheck, format_sanity_block
 from .seeds import derive_seed
@@ -131,15 +132,25 @@ def _prepare(pipeline, data: LabelledImages, config: EvaluationConfig, state) ->
     check_images_fit(data, pipeline.unet.config.in_channels, size, num_classes=num_classes,
                      what="the pipeline's classifier")
     for attack in config.attacks:
-        if attack.startswith("autoattack") and num_classes < autoattack_min_classes(attack.split("-", 1)[1]):
-            raise ValueError(f"{attack} needs at least {autoattack_min_classes(attack.split('-', 1)[1])} classes; "
-                             f"the classifier has {num_classes}.")
+        if num_classes < attack_spec(attack).min_classes:
+            raise ValueError(f"{attack} needs at least {attack_spec(attack).min_classes} classes; the classifier "
+                             f"has {num_classes}.")
+    if any(d in ROBUSTLY_CLASSIFIED for d in config.defenses):
+        if pipeline.guidance is None:
+            raise ValueError("The robust-classifier defenses classify with the pipeline's guidance network, and it "
+                             "has none: leave them out of the defenses.")
+        with torch.no_grad():
+            guidance_classes = int(robust_logits(pipeline, data.images[:1].to(state.device)).shape[-1])
+        if guidance_classes != num_classes:
+            raise ValueError(f"The guidance network predicts {guidance_classes} classes and the classifier "
+                             f"{num_classes}: the robust-classifier defenses cannot be scored on these labels.")
     if config.loss == "dlr" and num_classes < 3:
         raise ValueError(f"The DLR loss needs at least 3 classes; the classifier has {num_classes}.")
     if config.targeted_restarts >= num_classes:
         raise ValueError(f"`targeted_restarts` must be below the number of classes ({num_classes}), got "
                          f"{config.targeted_restarts}.")
-    if set(config.attacks) <= {"apgd-guidance"} and "latent" not in config.defenses:
+    if all(attack_spec(a).guided_only for a in config.attacks) and not any(
+            applies(d, a) for d in config.defenses for a in config.attacks):
         raise ValueError("The apgd-guidance attack targets the guidance network of latent guidance, and no defense "
                          "evaluated has one: add the 'latent' defense or another attack.")
     names = ("undefended",) + tuple(d for d in config.defenses if d != "undefended")
@@ -190,8 +201,10 @@ def evaluate(
     **overrides,
 ) -> EvaluationResult:
     r"""
-    Clean and robust accuracy of the undefended classifier, unguided purification (DiffPure-style), pixel guidance
-    (GDMP-style) and latent guidance (AGDM) on the same images, seeds and budgets, with sanity checks.
+    Clean and robust accuracy of the undefended classifier, the adversarial-training baseline (the guidance network
+    as the classifier), unguided purification (DiffPure-style), pixel guidance (GDMP-style), latent guidance (AGDM)
+    and latent guidance classified by the robust network, on the same images, seeds and budgets, under every attack
+    and the per-image worst case over them (`results[defense]["worst-case"]`), with sanity checks.
 
     Every attack sees the whole defense it is scored on (BPDA and the surrogate are labelled as the weaker
     baselines they are). Each adversarial (and clean) image is scored over `rescore_runs` fresh defense runs, and
@@ -234,8 +247,8 @@ def evaluate(
         output_path = None if output_dir is None else check_output_dir(output_dir)
     specs, num_classes = _prepare(pipeline, data, config, state)
     defenses = list(dict.fromkeys(config.defenses))
-    purifying = [d for d in defenses if specs[d].purifies]
-    plan = EvaluationPlan(config, len(data), purifying)
+    checked = [d for d in defenses if d != "undefended"]  # the undefended classifier has its own collapse check
+    plan = EvaluationPlan(config, len(data), checked, num_classes=num_classes)
     described = {d: specs[d].describe(pipeline) for d in defenses}
     parts = fingerprint_parts(config, pipeline, data, described)
     key = fingerprint_key(parts)
@@ -258,6 +271,7 @@ def evaluate(
         "defenses": described,
         "settings": settings_summary(config, plan, pipeline, specs),
         "results": aggregate.results(),
+        "gradient_evaluations_spent": aggregate.gradient_evaluations(),
         "eps_curve": aggregate.eps_curve(),
         "sanity_checks": [check.to_dict() for check in checks],
         "sanity_passed": not any(check.passed is False for check in checks),

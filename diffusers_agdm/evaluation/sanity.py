@@ -105,6 +105,95 @@ def check_converged(defense: str, what: str, weak: tuple[str, float], strong: tu
                         "num_images": num_images})
 
 
+def sign_test_p_value(broken: int, repaired: int) -> float:
+    """The exact one-sided McNemar (sign) test: with `broken` images robust -> broken and `repaired` broken ->
+    robust, the probability of at least `broken` of the `broken + repaired` discordant images going that way if each
+    went either way with probability 1/2 (no real change)."""
+    discordant = broken + repaired
+    return sum(math.comb(discordant, b) for b in range(broken, discordant + 1)) / 2**discordant
+
+
+def convergence_flagged(broken: int, repaired: int, num_images: int, alpha: float, tolerance: float) -> bool:
+    """The convergence rule: the paired test rejects at `alpha`, or robust accuracy drops by more than
+    `tolerance` (a fraction) of `num_images`."""
+    drop = (broken - repaired) / num_images
+    return sign_test_p_value(broken, repaired) < alpha or drop > tolerance + 1e-12
+
+
+def false_alarm_rate(discordant: int, num_images: int, alpha: float, tolerance: float) -> float:
+    """The exact probability that [`convergence_flagged`] fires when doubling changes nothing, given `discordant`
+    images changed either way: each of them then turned robust -> broken with probability 1/2."""
+    return sum(math.comb(discordant, b) for b in range(discordant + 1)
+               if convergence_flagged(b, discordant - b, num_images, alpha, tolerance)) / 2**discordant
+
+
+def check_converged_paired(defense: str, what: str, weak: tuple[str, dict], strong: tuple[str, dict],
+                           tolerance: float = 0.15, alpha: float = 0.05,
+                           spent: tuple[float, float] | None = None) -> SanityCheck:
+    r"""
+    Doubling an attack's budget (steps, EOT draws or runs) must not break images the weaker attack left robust,
+    compared per image on the same images (paired). `weak` and `strong` are `(name, {score: [robust per image]})`
+    (clean-and-robust under each score). Per score, b images turn robust -> broken under the doubled budget and c
+    broken -> robust; the attack is "not converged" when the exact one-sided McNemar test of b against c rejects at
+    `alpha`, or robust accuracy drops by more than `tolerance`; any score failing fails the check.
+
+    False alarms. If doubling changes nothing (each discordant image goes either way with probability 1/2), the
+    test part fires at most `alpha` of the time per score; the tolerance part adds to that when many images are
+    discordant. The exact rate given the discordant images observed is reported in `values` ("false_alarm_rate",
+    per score) and in the detail (on 32 images at alpha 0.05 and tolerance 0.15: 0% with 4 discordant images, 3.1%
+    with 5, 5.5% with 10, 13.2% with 20). The three scores are checked together, so a converged attack fails the
+    check at most about three times as often as one score alone, and an evaluation with many rows and axes raises
+    some false alarm more often than one check does: read a lone failure with p near `alpha` in that light.
+
+    `spent`, the gradient evaluations per image the weak and the doubled attack actually spent: the doubled one must
+    spend at least 1.5x (2x, less the first evaluation of each run on tiny budgets), or the check fails, since an
+    attack that ignored its doubled budget gives the same images and would pass unseen.
+
+    Example:
+
+    ```py
+    >>> weak = ("50 steps", {"all": [True] * 20 + [False] * 12})
+    >>> strong = ("100 steps", {"all": [False] * 8 + [True] * 12 + [False] * 12})
+    >>> check_converged_paired("latent", "the steps", weak, strong).passed  # 8 robust -> broken, 0 back
+    False
+    ```
+    """
+    (weak_name, weak_flags), (strong_name, strong_flags) = weak, strong
+    values, failing = {}, []
+    for kind, before in weak_flags.items():
+        after = strong_flags[kind]
+        if len(before) != len(after):
+            raise ValueError(f"Paired convergence check on {len(before)} and {len(after)} images.")
+        n = len(before)
+        broken = sum(b and not a for b, a in zip(before, after))
+        repaired = sum(a and not b for b, a in zip(before, after))
+        p_value = sign_test_p_value(broken, repaired)
+        flagged = convergence_flagged(broken, repaired, n, alpha, tolerance)
+        values[kind] = {weak_name: sum(before) / n, strong_name: sum(after) / n, "robust_to_broken": broken,
+                        "broken_to_robust": repaired, "p_value": p_value, "num_images": n,
+                        "false_alarm_rate": false_alarm_rate(broken + repaired, n, alpha, tolerance)}
+        if flagged:
+            failing.append(kind)
+    kind = failing[0] if failing else next(iter(values))
+    v = values[kind]
+    detail = (f"{weak_name} {100 * v[weak_name]:.1f}% -> {strong_name} {100 * v[strong_name]:.1f}% on "
+              f"{v['num_images']} images; {v['robust_to_broken']} robust -> broken, {v['broken_to_robust']} broken -> "
+              f"robust (one-sided exact McNemar p = {v['p_value']:.3g}; fails if p < {alpha:g} or the drop exceeds "
+              f"{100 * tolerance:g} points; false-alarm rate {100 * v['false_alarm_rate']:.1f}%) [score: {kind}]")
+    passed = not failing
+    if not passed:
+        detail += "; attack not converged: the reported robust accuracy is an upper bound"
+    values = {"scores": values, "alpha": alpha, "tolerance": tolerance}
+    if spent is not None:
+        weak_spent, strong_spent = spent
+        values["gradient_evaluations_per_image"] = {weak_name: weak_spent, strong_name: strong_spent}
+        if strong_spent < 1.5 * weak_spent or strong_spent == 0:
+            passed = False
+            detail += (f"; the doubled budget was not spent ({strong_spent:g} against {weak_spent:g} gradient "
+                       "evaluations per image): the check cannot tell whether the attack converged")
+    return SanityCheck(f"attack converged: doubling {what} [{defense}]", passed, detail, values)
+
+
 def check_gradient(model, images: torch.Tensor, labels: torch.Tensor, name: str = "defense", seed: int = 0,
                    step: float | None = None, rtol: float | None = None) -> SanityCheck:
     r"""

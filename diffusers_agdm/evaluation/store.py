@@ -20,7 +20,8 @@ from ..utils.lock import FolderLock
 from .planning import Job, Unit
 
 # Settings that change how a run is shown or tolerated, not what it computes.
-NOT_FINGERPRINTED = ("show_progress_bar", "allow_failed_sanity", "num_examples", "convergence_tolerance")
+NOT_FINGERPRINTED = ("show_progress_bar", "allow_failed_sanity", "num_examples", "convergence_tolerance",
+                     "convergence_alpha")
 # What each part of a fingerprint covers, in the words a "recomputing because ... changed" line uses.
 PART_NAMES = {"settings": "the evaluation settings", "configs": "the pipeline's component configs",
               "weights": "the pipeline's weights", "version": "the diffusers-agdm version", "images": "the images"}
