@@ -50,6 +50,8 @@ class UnitRunner:
         noise_seed = derive_seed(job.seed, "attack-noise", start)
         generator = torch.Generator().manual_seed(derive_seed(job.seed, "attack-start", start))
         model = self.gradient_model(job, spec, noise_seed)
+        # APGD judges its candidates on draws of their own (not the attack's, the selection runs' or the scoring's).
+        selection_model = spec.build(self.pipeline, derive_seed(job.seed, "attack-selection", start))
         spent = [0]
 
         def count(module, inputs, output):
@@ -59,7 +61,8 @@ class UnitRunner:
         handle = model.register_forward_hook(count)
         try:
             adversarial = job.spec.runner(model, images, labels, job, config=self.config,
-                                          num_classes=self.num_classes, generator=generator, callback=callback)
+                                          num_classes=self.num_classes, generator=generator, callback=callback,
+                                          selection_model=selection_model)
         finally:
             handle.remove()
         return adversarial, spent[0]
