@@ -16,7 +16,6 @@ from common import atomic_write_json, load
 from diffusers_agdm.attacks import AttackStats, rescore
 from diffusers_agdm.data import load_labelled_images
 from diffusers_agdm.evaluation import EvaluationConfig, defense_specs
-from diffusers_agdm.evaluation import execution as evaluation_execution
 from diffusers_agdm.evaluation.execution import UnitRunner
 from diffusers_agdm.evaluation.planning import EvaluationPlan
 from diffusers_agdm.evaluation.seeds import derive_seed
@@ -92,15 +91,9 @@ class AttackBench:
         job = (self.plan if config is None else EvaluationPlan(config, self.args.num_images, [])).job(
             defense, attack, self.args.seed)
         stats = AttackStats()
-        original = evaluation_execution.apgd
-        # Only adds the accounting: `UnitRunner.attack` does not hand `stats` to apgd (yet).
-        evaluation_execution.apgd = lambda *a, **k: original(*a, **{"stats": stats, **k})
-        try:
-            began = time.process_time()
-            adversarial = runner.attack(job, self.specs[defense], images, labels, start)
-            cpu = time.process_time() - began
-        finally:
-            evaluation_execution.apgd = original
+        began = time.process_time()
+        adversarial, _ = runner.attack(job, self.specs[defense], images, labels, start, stats=stats)
+        cpu = time.process_time() - began
         return adversarial, {"gradient_evaluations": stats.gradient_evaluations.tolist(),
                              "forward_evaluations": stats.forward_evaluations.tolist(), "attack_cpu_s": cpu}
 

@@ -551,7 +551,7 @@ def test_autoattack_doubled_jobs_really_double_and_an_ignored_budget_fails_the_c
         assert strong == pytest.approx(ratio * weak) and "not spent" not in check["detail"]
     assert "attack converged: doubling the runs [none, autoattack-rand]" not in checks  # it has no runs to double
 
-    def ignores_the_job(model, images, labels, job, *, config, num_classes, generator, callback):
+    def ignores_the_job(model, images, labels, job, *, config, num_classes, generator, callback, **_):
         return autoattack(model, images, labels, eps=job.eps, norm=job.norm, version="rand", n_classes=num_classes,
                           seed=generator.initial_seed() % 2**31, steps=config.autoattack_steps,
                           eot_iter=config.autoattack_eot_iter, callback=callback)

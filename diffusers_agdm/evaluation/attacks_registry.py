@@ -4,7 +4,7 @@ comes from, whether it needs a guidance network, the budget axes it has, its gra
 runner). Planning, execution, the sanity checks and the reports read this table; no other module parses an attack's
 name. Every runner has one call signature:
 
-    runner(model, images, labels, job, *, config, num_classes, generator, callback, selection_model)
+    runner(model, images, labels, job, *, config, num_classes, generator, callback, selection_model, stats)
         -> adversarial images
 
 where `job` carries the budget (`steps`, `eot_samples`, `restarts`, `targeted_restarts`, `step_size`,
@@ -18,22 +18,23 @@ from dataclasses import dataclass
 
 
 def _run_apgd(model, images, labels, job, *, config, num_classes, generator, callback, selection_model=None,
-              guidance_weight=0.0):
+              stats=None, guidance_weight=0.0):
     # `selection_model`: the defense with its own noise stream, on whose fresh draws APGD judges each run's candidate
-    # points and stops on images broken on all of them (see `attacks.apgd`).
+    # points and stops on images broken on all of them (see `attacks.apgd`); `stats`, an `AttackStats` to fill.
     from ..attacks import apgd
 
     return apgd(model, images, labels, eps=job.eps, norm=job.norm, steps=job.steps, restarts=job.restarts,
                 targeted_restarts=min(job.targeted_restarts, num_classes - 1), eot_samples=job.eot_samples,
                 eot_batch=config.eot_batch, loss=config.loss, guidance_weight=guidance_weight, generator=generator,
-                callback=callback, selection_model=selection_model)
+                callback=callback, selection_model=selection_model, stats=stats)
 
 
 def _run_apgd_guidance(model, images, labels, job, *, config, **kwargs):
     return _run_apgd(model, images, labels, job, config=config, guidance_weight=config.guidance_weight, **kwargs)
 
 
-def _run_pgd(model, images, labels, job, *, config, num_classes, generator, callback, selection_model=None):
+def _run_pgd(model, images, labels, job, *, config, num_classes, generator, callback, selection_model=None,
+             stats=None):
     from ..attacks import pgd
 
     return pgd(model, images, labels, eps=job.eps, norm=job.norm, steps=job.steps, step_size=job.step_size,
@@ -42,7 +43,8 @@ def _run_pgd(model, images, labels, job, *, config, num_classes, generator, call
 
 
 def _autoattack_runner(version: str):
-    def run(model, images, labels, job, *, config, num_classes, generator, callback, selection_model=None):
+    def run(model, images, labels, job, *, config, num_classes, generator, callback, selection_model=None,
+            stats=None):
         from ..attacks import autoattack
 
         # The job's steps and EOT, not the config's: a doubled job must run the doubled budget.

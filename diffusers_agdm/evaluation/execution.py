@@ -44,9 +44,10 @@ class UnitRunner:
             return spec.build(self.pipeline, seed, num_inference_steps=self.surrogate_steps(spec))
         return spec.build(self.pipeline, seed)
 
-    def attack(self, job: Job, spec: DefenseSpec, images, labels, start: int, callback=None):
+    def attack(self, job: Job, spec: DefenseSpec, images, labels, start: int, callback=None, stats=None):
         """The adversarial images of `job` on one chunk, and the gradient evaluations the attack spent on it (images
-        sent through the model with gradients enabled, EOT draws included)."""
+        sent through the model with gradients enabled, EOT draws included). `stats` (an `attacks.AttackStats`) gets
+        APGD's per-image accounting."""
         noise_seed = derive_seed(job.seed, "attack-noise", start)
         generator = torch.Generator().manual_seed(derive_seed(job.seed, "attack-start", start))
         model = self.gradient_model(job, spec, noise_seed)
@@ -62,7 +63,7 @@ class UnitRunner:
         try:
             adversarial = job.spec.runner(model, images, labels, job, config=self.config,
                                           num_classes=self.num_classes, generator=generator, callback=callback,
-                                          selection_model=selection_model)
+                                          selection_model=selection_model, stats=stats)
         finally:
             handle.remove()
         return adversarial, spent[0]
