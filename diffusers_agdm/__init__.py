@@ -5,9 +5,8 @@ The public names below load on first use (as Diffusers' own package does), so `i
 understand our pipelines: the registration runs as soon as Diffusers is imported (see `_registration.py`).
 """
 
-import importlib
-
 from ._registration import register_when_diffusers_loads
+from .utils.lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -37,16 +36,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)
 
 
 register_when_diffusers_loads()

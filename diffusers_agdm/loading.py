@@ -1,21 +1,14 @@
 """Loading what a user names: a pipeline folder or Hub id, a diffusion model to build on, a classifier."""
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from .utils.io import file_sha256
+
 # A pipeline folder may list its weight files' SHA-256 here (the embedded default does); our loaders check them, so a
 # flipped byte is an error naming the file rather than a silently worse model.
 WEIGHT_HASHES = "weights.sha256.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_weight_hashes(folder) -> Path:
@@ -23,7 +16,7 @@ def write_weight_hashes(folder) -> Path:
     from .utils.io import atomic_write_json
 
     folder = Path(folder)
-    hashes = {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*.safetensors"))}
+    hashes = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*.safetensors"))}
     return atomic_write_json(folder / WEIGHT_HASHES, hashes)
 
 
@@ -43,7 +36,7 @@ def verify_weight_hashes(folder) -> None:
         file = folder / name
         if not file.is_file():
             raise ValueError(f"{file}: missing (listed in {listing}); reinstall diffusers-agdm or restore the folder.")
-        if _sha256(file) != expected:
+        if file_sha256(file) != expected:
             raise ValueError(f"{file}: its content differs from the SHA-256 recorded in {listing} (a damaged or "
                              "altered file); reinstall diffusers-agdm or restore the folder.")
 

@@ -10,7 +10,7 @@ The names below load on first use (as the package's top level does), so that `ag
 [`EvaluationConfig`]'s fields without importing torch.
 """
 
-import importlib
+from ..utils.lazy import lazy_names
 
 _LAZY = {
     "ATTACK_SPECS": ".attacks_registry",
@@ -57,16 +57,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)
 
 
 __all__ = sorted(_LAZY)

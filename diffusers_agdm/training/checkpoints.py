@@ -17,7 +17,6 @@ warning.
 """
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 from accelerate.logging import get_logger
 
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, file_sha256
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -126,14 +125,6 @@ def load_rng_state(file: Path) -> dict:
     if missing:
         raise ValueError(f"no {', '.join(missing)}")
     return states
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_manifest(path: Path) -> dict | None:

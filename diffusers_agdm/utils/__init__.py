@@ -1,7 +1,7 @@
 """Small helpers shared across the package. The names below load on first use, so that the standard-library-only
 helpers (`validation`, `paths`, `io`, `flags`) can be imported without torch (`agdm <command> --help`)."""
 
-import importlib
+from .lazy import lazy_names
 
 _LAZY = {
     "diffuse": ".diffusion",
@@ -13,16 +13,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)
 
 
 __all__ = list(_LAZY)
