@@ -360,7 +360,13 @@ def estimate(pipe, data, plan: CampaignPlan, seed: int, num_classes: int) -> dic
                 stage["cpu_hours_done"] += u["seconds"] / 3600
     verdict = plateau(study_levels(plan, plan.root), plan.tolerance)
     shape = chosen_shape(plan, verdict)
-    return {"stages": stages, "seconds_per_cost": rate, "plateau_known": verdict["found"],
+    table_by_budget = {}  # while B is unknown: what the table would cost at each budget the study may pick
+    for candidate in ([] if shape is not None else plan.ladder):
+        table_by_budget[candidate.budget] = sum(
+            u["cost"] * rate[u["defense"]] / 3600 for p in table_points(plan, candidate)
+            for u in point_units(pipe, data, plan, p, seed, num_classes) if u["seconds"] is None)
+    return {"stages": stages, "table_cpu_hours_by_budget": table_by_budget, "seconds_per_cost": rate,
+            "plateau_known": verdict["found"],
             "table_budget": (shape or plan.ladder[-1]).budget, "table_budget_known": shape is not None,
             "units_done": sum(s["units_done"] for s in stages.values()),
             "units_total": sum(s["units_done"] + s["units_left"] for s in stages.values()),
@@ -376,6 +382,9 @@ def format_estimate(est: dict) -> str:
     budget = est["table_budget"]
     lines.append(f"  table at {budget} gradient evaluations per image" + (
         "" if est["table_budget_known"] else " (B not known yet: the top of the ladder, an upper bound)"))
+    if est["table_cpu_hours_by_budget"]:
+        lines.append("  table if B is: " + ", ".join(f"{b}: <= {h:.1f} CPU-h"
+                                                    for b, h in est["table_cpu_hours_by_budget"].items()))
     lines.append("  CPU-s per unit of cost: " + ", ".join(f"{d} {r:.3f}" for d, r in est["seconds_per_cost"].items()))
     return "\n".join(lines)
 
@@ -611,27 +620,32 @@ def main(argv=None) -> int:
     with torch.no_grad():
         num_classes = int(pipe.classifier_logits(data.images[:1].to(pipe.device)).shape[-1])
     card = Path(args.pipeline or default_pipeline_path()) / "README.md"
-    readme = Path(__file__).resolve().parent.parent / "README.md"
+    # The project README speaks for the embedded default only.
+    readme = Path(__file__).resolve().parent.parent / "README.md" if args.pipeline is None else None
 
-    def progress():
-        return estimate(pipe, data, plan, args.seed, num_classes)
+    publish = not args.no_publish
 
-    def show():
-        if main_process:
-            print(format_estimate(progress()), flush=True)
+    def checkpoint(rendered: bool = True):
+        """The estimate, and (unless --estimate) the render: the card, `agdm info` and the README say where the
+        campaign stands after every evaluate() call, so a sitting killed at any moment leaves them true."""
+        if not main_process:
+            return
+        est = estimate(pipe, data, plan, args.seed, num_classes)
+        print(format_estimate(est), flush=True)
+        if rendered:
+            render(plan, args.seed, est, card=card if publish else None, readme=readme if publish else None)
+
 
     if args.estimate:
-        show()
+        checkpoint(rendered=False)
         return 0
+    checkpoint()
     if not args.render:
-        show()
         started = time.time()
-        run_campaign(pipe, data, plan, args.seed, say=print if main_process else (lambda _: None), after_point=show)
+        run_campaign(pipe, data, plan, args.seed, say=print if main_process else (lambda _: None),
+                     after_point=checkpoint)
         if main_process:
             print(f"campaign: this sitting took {(time.time() - started) / 3600:.2f} h")
-    if main_process:
-        publish = not args.no_publish
-        render(plan, args.seed, progress(), card=card if publish else None, readme=readme if publish else None)
     return 0
 
 

