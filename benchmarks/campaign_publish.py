@@ -35,6 +35,11 @@ def _diff(entry: dict) -> str:
     return f"{100 * entry['difference']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
+def _extra(table: dict) -> str:
+    extra = table.get("deterministic_extra_attacks") or []
+    return f", plus {', '.join(extra)} on the deterministic rows" if extra else ""
+
+
 def status_line(summary: dict) -> str:
     """One sentence: the headline comparison when published, else why not."""
     if not publishable(summary):
@@ -47,7 +52,7 @@ def status_line(summary: dict) -> str:
     rows, diffs = t["rows"], t["differences"]
     return (f"On {t['n']} held-out MNIST images at Linf 0.3, attacked with exact-gradient APGD ({t['attack']} = "
             f"{t['budget']} gradient evaluations per image, the per-image worst case over "
-            f"{', '.join(dict.fromkeys(t['attacks']))}) and scored robust in a majority of K = {t['k']} defense runs, "
+            f"{' and '.join(t['attacks'])}{_extra(t)}) and scored robust in a majority of K = {t['k']} defense runs, "
             f"latent guidance keeps {_pct(rows['latent']['robust']['majority'])} robust, against "
             f"{_pct(rows['none']['robust']['majority'])} for unguided purification (paired difference "
             f"{_diff(diffs['latent - none']['majority'])}) and {_pct(rows['robust-classifier']['robust']['majority'])}"

@@ -46,7 +46,7 @@ def tiny_plan(root: Path) -> "campaign.CampaignPlan":
     return campaign.CampaignPlan(
         study_start=0, study_images=2, table_start=2, table_images=3,
         ladder=(shape(1, 1, 1, 0), shape(2, 1, 1, 0), shape(4, 1, 1, 0)), variants=(shape(1, 2, 1, 0),),
-        settings={"batch_size": 2, "rescore_runs": 3, "selection_runs": 2}, autoattack=False, tolerance=1.0,
+        settings={"batch_size": 2, "rescore_runs": 3, "selection_runs": 2}, autoattack=True, tolerance=1.0,
         root=root)
 
 
@@ -80,6 +80,7 @@ def test_runs_every_stage_end_to_end(finished, tmp_path):
     assert summary["finished"] and (tmp_path / campaign.SUMMARY_NAME).is_file()
     assert (tmp_path / campaign.PLOT_NAME).is_file()
     table = summary["table"]
+    assert table["autoattack_standard"] == campaign.autoattack_available()
     assert table["n"] == 3 and set(table["rows"]) >= {"undefended", "robust-classifier", "none", "latent"}
     diff = table["differences"]["latent - none"]["majority"]
     assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
