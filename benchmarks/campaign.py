@@ -366,7 +366,10 @@ def estimate(pipe, data, plan: CampaignPlan, seed: int, num_classes: int) -> dic
         table_by_budget[candidate.budget] = sum(
             u["cost"] * rate[u["defense"]] / 3600 for p in table_points(plan, candidate)
             for u in point_units(pipe, data, plan, p, seed, num_classes) if u["seconds"] is None)
+    root = Path(plan.root)
+    store_mb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 1e6 if root.is_dir() else 0.0
     return {"stages": stages, "table_cpu_hours_by_budget": table_by_budget, "seconds_per_cost": rate,
+            "store_mb": round(store_mb, 2),
             "plateau_known": verdict["found"],
             "table_budget": (shape or plan.ladder[-1]).budget, "table_budget_known": shape is not None,
             "units_done": sum(s["units_done"] for s in stages.values()),
@@ -386,6 +389,7 @@ def format_estimate(est: dict) -> str:
     if est["table_cpu_hours_by_budget"]:
         lines.append("  table if B is: " + ", ".join(f"{b}: <= {h:.1f} CPU-h"
                                                     for b, h in est["table_cpu_hours_by_budget"].items()))
+    lines.append(f"  store: {est['store_mb']:.1f} MB under {CAMPAIGN_DIR.name}/ (limit 20 MB)")
     lines.append("  CPU-s per unit of cost: " + ", ".join(f"{d} {r:.3f}" for d, r in est["seconds_per_cost"].items()))
     return "\n".join(lines)
 
