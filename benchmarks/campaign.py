@@ -560,7 +560,7 @@ def plot(summary: dict, path: Path) -> None:
                             key=lambda p: p["budget"])
             if ladder:
                 ax.plot([p["budget"] for p in ladder], [100 * p["robust"][kind] for p in ladder], marker="o",
-                        color=colors[defense], label=f"{defense} (steps x EOT 2 x 4 runs)")
+                        color=colors[defense], label=f"{defense}: doubling ladder (steps)")
             variants = [p for p in summary["study"]["points"] if p["defense"] == defense and not p["ladder"]]
             if variants:
                 ax.scatter([p["budget"] for p in variants], [100 * p["robust"][kind] for p in variants],
@@ -573,8 +573,10 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_title(titles[kind])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("worst-case clean-and-robust accuracy (%)")
-    fig.suptitle(f"Convergence study (Linf 0.3, per-image worst case over the attacks): "
-                 f"{summary['study']['plateau']['verdict'][:110]}", fontsize=8)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(f"Convergence study (Linf 0.3, per-image worst case over the attacks): "
+                                         f"{summary['study']['plateau']['verdict']}", 160)), fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)
     fig.tight_layout(rect=(0, 0.14, 1, 0.95))
