@@ -242,6 +242,13 @@ def withdrawn(name: str, why: str) -> list[str]:
 SECTION_TITLES = {"steps_vs_robustness": "3. Steps against robustness", "robustness_table": "4. The robustness table"}
 
 
+def campaign(r) -> list[str]:
+    """The headline campaign (benchmarks/campaign.py): its study, verdict and table, or what is still missing."""
+    from campaign_publish import results_section
+
+    return results_section(r)
+
+
 def stale_reason(name: str, r) -> str | None:
     """Why a committed result no longer describes the code, or None."""
     if name == "steps_vs_robustness" and "attack" not in r["settings"]:
@@ -343,7 +350,7 @@ def main(argv=None):
     parts = ["# Benchmark results", "",
              "The last measured numbers, rendered from `benchmarks/results/*.json` by "
              "`python benchmarks/write_results_md.py`; each section names the command that produced it.", ""]
-    sections = (("attack_convergence", convergence), ("purification_throughput", throughput),
+    sections = (("campaign", campaign), ("attack_convergence", convergence), ("purification_throughput", throughput),
                 ("attack_memory", memory), ("steps_vs_robustness", steps), ("robustness_table", table),
                 ("gradient_throughput", gradient_throughput), ("quickstart_time", quickstart))
     loaded = {name: _load(args.results_dir, name) for name, _ in sections}

@@ -44,6 +44,8 @@ class InfoCommand(BaseAgdmCLICommand):
         for key, value in info["purification_defaults"].items():
             print(f"  {key:20s} {value}")
         print("\nresults recorded in its model card:")
+        if info.get("campaign_status"):
+            print(f"  {info['campaign_status']}")
         if not info["card_results"]:
             print("  none")
         for metric in info["card_results"] or []:
@@ -52,6 +54,18 @@ class InfoCommand(BaseAgdmCLICommand):
                   f"  {metric['name']:60s} {value}")
         print(f"\ntry it: agdm purify --sample  (a held-out MNIST test digit: {info['sample_image']})")
         return EXIT_OK
+
+
+# The card's block that `benchmarks/campaign.py` writes: where the headline campaign stands (its first line).
+CAMPAIGN_STATUS_START, CAMPAIGN_STATUS_END = "<!-- campaign-status:start -->", "<!-- campaign-status:end -->"
+
+
+def campaign_status(text: str) -> str | None:
+    """The first line of the card's campaign-status block (the headline, or "not yet measured ..."), or None."""
+    if CAMPAIGN_STATUS_START not in text or CAMPAIGN_STATUS_END not in text:
+        return None
+    block = text.split(CAMPAIGN_STATUS_START, 1)[1].split(CAMPAIGN_STATUS_END, 1)[0].strip()
+    return block.splitlines()[0] if block else None
 
 
 def pipeline_info(pipe, folder: Path | None) -> dict:
@@ -73,7 +87,8 @@ def pipeline_info(pipe, folder: Path | None) -> dict:
         components[name] = entry
     info = {"diffusers_agdm_version": __version__, "source": str(folder) if folder else None,
             "purification_defaults": {k: pipe.config[k] for k in PURIFICATION_CONFIG_KEYS if k in pipe.config},
-            "components": components, "card_results": None, "sample_image": str(sample_image_path())}
+            "components": components, "card_results": None, "campaign_status": None,
+            "sample_image": str(sample_image_path())}
     # The effective t*: the timestep the input is diffused to, and the reverse process's timesteps.
     settings = pipe.resolve_settings()
     info["purification_defaults"]["effective_t_star"] = (
@@ -86,6 +101,7 @@ def pipeline_info(pipe, folder: Path | None) -> dict:
         index = card.data.to_dict().get("model-index") or []
         info["card_results"] = [m for entry in index for result in entry.get("results", [])
                                 for m in result.get("metrics", [])]
+        info["campaign_status"] = campaign_status(card.text)
     return info
 
 
