@@ -38,12 +38,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, atomic_write_json, machine  # noqa: E402
+from diffusers_agdm.utils.scores import SCORES  # noqa: E402
 
 CAMPAIGN_DIR = RESULTS_DIR / "campaign"
 SUMMARY_NAME, PLOT_NAME = "campaign.json", "campaign_convergence.png"
 STUDY_DEFENSES = ("none", "pixel", "latent")
 DETERMINISTIC = ("undefended", "robust-classifier")  # AutoAttack 'standard' applies; every run agrees
-SCORES = ("all", "majority", "single")
 # CPU-seconds per image-gradient on one thread (the embedded default, batch 16) before any unit has been measured:
 # unguided and pixel ~0.18 s, latent ~0.33 s (checkpointed). `unit_cost` already discounts the classifier-only rows.
 PRIOR_SECONDS_PER_GRADIENT = {"none": 0.18, "pixel": 0.18, "latent": 0.33, "latent+robust-classifier": 0.33,
