@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 
 from common import atomic_write_json, load
-from diffusers_agdm.attacks import AttackStats, rescore
+from diffusers_agdm.attacks import AttackStats, rescore, robust_under
 from diffusers_agdm.data import load_labelled_images
 from diffusers_agdm.evaluation import EvaluationConfig, defense_specs
 from diffusers_agdm.evaluation.execution import UnitRunner
 from diffusers_agdm.evaluation.planning import EvaluationPlan
 from diffusers_agdm.evaluation.seeds import derive_seed
-
-SCORES = ("all", "majority", "single")
+from diffusers_agdm.utils.scores import SCORES
 
 
 def add_common_arguments(parser, default_dir: Path, num_images: int = 32, chunk: int = 4) -> None:
@@ -105,12 +104,12 @@ class AttackBench:
 
 
 def clean_and_robust(clean: list[list[int]], adversarial: list[list[int]]) -> dict:
-    """Per image, robust under each score: correct clean and attacked in all K runs, in a majority, in run 0."""
+    """Per image, robust under each score (the one K-run rule, `robust_under`): correct clean and attacked in all K
+    runs, in a majority, in run 0."""
     c, a = torch.tensor(clean, dtype=torch.bool), torch.tensor(adversarial, dtype=torch.bool)
     k = c.shape[0]
-    return {"all": (c.all(0) & a.all(0)).tolist(),
-            "majority": ((2 * c.sum(0) > k) & (2 * a.sum(0) > k)).tolist(),
-            "single": (c[0] & a[0]).tolist()}
+    return {kind: (robust_under(kind, c.sum(0), k, c[0]) & robust_under(kind, a.sum(0), k, a[0])).tolist()
+            for kind in SCORES}
 
 
 def run_units(args, work: Path, keys: list[str], run_unit) -> None:

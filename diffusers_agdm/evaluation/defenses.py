@@ -12,6 +12,7 @@ from torch import nn
 
 from ..attacks import guidance_target_logits
 from ..settings import PurificationSettings
+from ..settings_table import scale_option
 from .config import (  # noqa: E402,F401
     DEFENSES,  # noqa: F401  (the names live with the config, which loads without torch)
     LATENT_ROBUST,
@@ -146,10 +147,9 @@ class DefenseSpec:
         if not self.purifies:
             return info
         resolved, guidance = self.settings, self.settings.guidance
-        scale_name = "pixel_guidance_scale" if guidance.mode == "pixel" else "guidance_scale"
         info.update(
             guidance=guidance.mode,
-            **{scale_name: float(guidance.scale)},
+            **{scale_option(guidance.mode): float(guidance.scale)},
             feature_weight=float(guidance.feature_weight),
             class_guidance=bool(guidance.class_guidance),
             guidance_target=guidance.target,
