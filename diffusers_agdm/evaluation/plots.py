@@ -60,7 +60,7 @@ def plot_accuracy_vs_eps(report: dict, path) -> Path:
                 label = report["defenses"][defense]["title"] if kind == "all" else None
                 ax.errorbar(eps, mean, yerr=std, color=color, linestyle=style, marker="o", markersize=3, capsize=2,
                             label=label)
-            worst = report["results"].get(defense, {}).get(WORST_CASE)
+            worst = report.get("results", {}).get(defense, {}).get(WORST_CASE)
             if worst is not None:  # the per-image worst case over all attacks, at the nominal eps
                 ax.plot([report["settings"]["threat_model"]["eps"]], [100 * worst["all"]["mean"]], color=color,
                         marker="*", markersize=10, linestyle="none")
