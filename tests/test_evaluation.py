@@ -599,3 +599,20 @@ def test_one_k_run_rule_for_numbers_tensors_and_rescored_predictions():
     assert with_losses.losses.shape == (2, 6)
     assert ((with_losses.losses > 0) == ~with_losses.correct).all()  # the margin loss is > 0 exactly when wrong
     assert rescore(model, x, y, runs=2).losses is None
+
+
+def test_attacks_without_gradient_checkpointing_give_the_same_numbers():
+    """`gradient_checkpointing=False` only trades memory for speed: the replayed steps compute what the kept ones
+    do, so every attack, selection and score is the same, and the setting is part of the resume fingerprint."""
+    pipe = dummy_pipeline()
+    data = labelled_data(pipe, n=3)
+    config = EvaluationConfig(defenses=("none", "latent"), attacks=("apgd", "apgd-guidance"),
+                              **{**TINY, "sanity_images": 0, "gradient_check": False})
+    kept = evaluate(pipe, data, config.replace(gradient_checkpointing=False)).report
+    replayed = evaluate(pipe, data, config).report
+    assert kept["per_image"] == replayed["per_image"]
+    from diffusers_agdm.evaluation.store import fingerprint_parts
+
+    unchecked = config.replace(gradient_checkpointing=False)
+    parts = [fingerprint_parts(c, pipe, data, {})["settings"] for c in (config, unchecked)]
+    assert parts[0] != parts[1]

@@ -54,6 +54,8 @@ class EvaluationConfig:
         step_size, random_start: PGD's fixed step (default `2.5 * eps / steps`) and random start (APGD adapts its
             step and always starts at random).
         guidance_weight: Weight of the guidance-target term of `apgd-guidance`.
+        gradient_checkpointing: Checkpoint the attacked defense per reverse step (default) or keep every step's
+            activations: faster on CPU, more memory; the gradients are the same.
         surrogate_steps: Reverse steps of the surrogate process (default: half the defense's, at least 1).
         autoattack_steps, autoattack_eot_iter, autoattack_square_queries: AutoAttack's budget (defaults: the
             original's 100 iterations, EOT 20 in 'rand', 5,000 Square queries).
@@ -123,6 +125,11 @@ class EvaluationConfig:
     random_start: bool = field(default=True, metadata={
         "help": "start PGD at a random point of the eps-ball (--no-random_start: at the clean image)",
         "group": "threat"})
+    gradient_checkpointing: bool = field(default=True, metadata={
+        "help": "checkpoint every reverse step of the attacked defense (memory that does not grow with the steps); "
+                "--no-gradient_checkpointing keeps every step's activations (on the embedded default about 10 MB "
+                "per image, EOT draw and step with latent guidance) for 1.3-1.45x faster gradients on CPU; the "
+                "gradients are the same", "group": "threat"})
     guidance_weight: float = field(default=1.0, metadata={
         "help": "weight of the guidance-target term of apgd-guidance", "group": "threat"})
     surrogate_steps: int | None = field(default=None, metadata={

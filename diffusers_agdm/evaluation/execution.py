@@ -37,12 +37,14 @@ class UnitRunner:
 
     def gradient_model(self, job: Job, spec: DefenseSpec, seed: int):
         """The model an attack differentiates: the real defense, BPDA around it, or the surrogate process."""
-        gradient = job.spec.gradient
+        gradient, checkpointing = job.spec.gradient, self.config.gradient_checkpointing
         if gradient == "bpda":
-            return BPDAClassifier(spec.build(self.pipeline, seed), spec.classifier(self.pipeline))
+            return BPDAClassifier(spec.build(self.pipeline, seed, gradient_checkpointing=checkpointing),
+                                  spec.classifier(self.pipeline))
         if gradient == "surrogate" and spec.purifies:
-            return spec.build(self.pipeline, seed, num_inference_steps=self.surrogate_steps(spec))
-        return spec.build(self.pipeline, seed)
+            return spec.build(self.pipeline, seed, num_inference_steps=self.surrogate_steps(spec),
+                              gradient_checkpointing=checkpointing)
+        return spec.build(self.pipeline, seed, gradient_checkpointing=checkpointing)
 
     def attack(self, job: Job, spec: DefenseSpec, images, labels, start: int, callback=None, stats=None):
         """The adversarial images of `job` on one chunk, and the gradient evaluations the attack spent on it (images
