@@ -15,7 +15,6 @@ from diffusers_agdm.evaluation import (
     check_converged_paired,
     check_gradient,
     check_huge_eps,
-    check_no_rise,
     check_undefended_collapse,
     defense_specs,
     evaluate,
@@ -80,9 +79,6 @@ def test_threshold_checks_pass_and_fail_where_they_should():
     assert not check_undefended_collapse(0.0, 64, "Linf", 0.3, clean_accuracy=0.0).passed  # vacuous
     assert check_huge_eps("latent", 0.1, 64, num_classes=10).passed
     assert not check_huge_eps("latent", 0.5, 64, num_classes=10).passed
-    assert check_no_rise("latent", "more PGD steps", ("10 steps", 0.50), ("50 steps", 0.45), 64).passed
-    assert check_no_rise("latent", "more PGD steps", ("10 steps", 0.50), ("50 steps", 0.55), 64).passed  # noise
-    assert not check_no_rise("latent", "more PGD steps", ("10 steps", 0.30), ("50 steps", 0.70), 64).passed
     block = format_sanity_block([check_undefended_collapse(0.5, 4, "Linf", 0.3)])
     assert "SANITY CHECK FAILED" in block and "[FAILED]" in block
 

@@ -71,40 +71,6 @@ def check_huge_eps(defense: str, accuracy: float, num_images: int, num_classes: 
                        {"accuracy": accuracy, "chance": chance, "limit": limit, "num_images": num_images, "eps": eps})
 
 
-def check_no_rise(defense: str, what: str, weak: tuple[str, float], strong: tuple[str, float],
-                  num_images: int) -> SanityCheck:
-    """A stronger attack (more steps, more EOT samples) must not leave more images robust than the weaker one, beyond
-    sampling noise. If it does, the attack is not converging, and the weaker number overstates robustness."""
-    (weak_name, weak_acc), (strong_name, strong_acc) = weak, strong
-    # Two standard errors of a difference of two proportions at the pooled accuracy, and at least one image.
-    pooled = (weak_acc + strong_acc) / 2
-    tolerance = max(2 * math.sqrt(2 * pooled * (1 - pooled) / num_images), 1.0 / num_images)
-    rise = strong_acc - weak_acc
-    passed = rise <= tolerance
-    detail = (f"{weak_name} {100 * weak_acc:.1f}% -> {strong_name} {100 * strong_acc:.1f}% on "
-              f"{num_images} images (a rise must be <= {100 * tolerance:.1f} points)")
-    return SanityCheck(f"robust accuracy does not rise with {what} [{defense}]", passed, detail,
-                       {weak_name: weak_acc, strong_name: strong_acc, "tolerance": tolerance,
-                        "num_images": num_images})
-
-
-def check_converged(defense: str, what: str, weak: tuple[str, float], strong: tuple[str, float], num_images: int,
-                    tolerance: float = 0.02) -> SanityCheck:
-    """Doubling the attack's budget (steps, EOT draws or restarts) must not lower robust accuracy by more than
-    `tolerance`. If it does, the attack had not converged and the reported number overstates robustness: the report
-    says "attack not converged" and the evaluation fails."""
-    (weak_name, weak_acc), (strong_name, strong_acc) = weak, strong
-    drop = weak_acc - strong_acc
-    passed = drop <= tolerance + 1e-12
-    detail = (f"{weak_name} {100 * weak_acc:.1f}% -> {strong_name} {100 * strong_acc:.1f}% on {num_images} images "
-              f"(a drop must be <= {100 * tolerance:g} points)")
-    if not passed:
-        detail += "; attack not converged: the reported robust accuracy is an upper bound"
-    return SanityCheck(f"attack converged: doubling {what} [{defense}]", passed, detail,
-                       {weak_name: weak_acc, strong_name: strong_acc, "tolerance": tolerance,
-                        "num_images": num_images})
-
-
 def sign_test_p_value(broken: int, repaired: int) -> float:
     """The exact one-sided McNemar (sign) test: with `broken` images robust -> broken and `repaired` broken ->
     robust, the probability of at least `broken` of the `broken + repaired` discordant images going that way if each
