@@ -20,7 +20,7 @@ from diffusers_agdm import AdversarialGuidedPurificationPipeline
 from diffusers_agdm.data import LabelledImages
 from diffusers_agdm.evaluation import EvaluationConfig, evaluate
 from diffusers_agdm.exits import exit_status
-from diffusers_agdm.training.checkpoints import find_checkpoints
+from diffusers_agdm.training_utils.checkpoints import find_checkpoints
 from dummies import CLASSES, dummy_images, dummy_pipeline
 
 TINY_EVAL = dict(defenses=("none",), attacks=("apgd",), steps=2, eot_samples=1, rescore_runs=2, batch_size=4,
@@ -184,7 +184,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_named_at_resume(stopped, folder, caps
 def test_non_finite_weights_are_refused_at_resume_with_the_file_named(stopped, folder, capsys):
     from safetensors.torch import load_file, save_file
 
-    from diffusers_agdm.training.checkpoints import MANIFEST
+    from diffusers_agdm.training_utils.checkpoints import MANIFEST
 
     target = stopped / "checkpoint-2" / "classifier_ema" / "diffusion_pytorch_model.safetensors"
     weights = load_file(str(target))

@@ -196,7 +196,7 @@ def test_guidance_settings_are_validated_once_per_call():
 
 
 def test_t_star_is_one_rule_for_training_checks_and_the_pipeline():
-    from diffusers_agdm.training.argtypes import check_steps_fit
+    from diffusers_agdm.training_utils.argtypes import check_steps_fit
     from diffusers_agdm.utils.schedule import purification_timesteps, start_timestep
 
     # strength 1 on T = 100: t* = 99 (kept inside the schedule), so 100 steps fit and 101 do not, for both.

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
-from diffusers_agdm.training.trades import _kl, diffuse01, kl_pgd
+from diffusers_agdm.training_utils.trades import _kl, diffuse01, kl_pgd
 from dummies import dummy_guidance, dummy_pipeline, save_diffusion_source
 
 ROOT = Path(__file__).resolve().parents[1]

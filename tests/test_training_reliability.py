@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from test_training import ROOT, TINY, _image_folder, _script
 
-from diffusers_agdm.training.checkpoints import MARKER, find_checkpoints, resolve_resume
+from diffusers_agdm.training_utils.checkpoints import MARKER, find_checkpoints, resolve_resume
 
 CLASSIFIER = ["--block_out_channels", "4", "--hidden_dim", "8", "--eval_samples", "0", "--use_ema",
               "--checkpointing_steps", "2", "--checkpoints_total_limit", "1"]
@@ -38,7 +38,7 @@ def _env(**extra):
 # the named step it touches the flag file and waits, so that the test can SIGKILL it exactly there.
 PAUSING_RUNNER = """import runpy, sys, time
 from pathlib import Path
-import diffusers_agdm.training.checkpoints as checkpoints
+import diffusers_agdm.training_utils.checkpoints as checkpoints
 target, flag = sys.argv[1], Path(sys.argv[2])
 def pause(point, step):
     if f"{point}@{step}" == target:
@@ -266,7 +266,7 @@ def test_diffusion_and_classifier_scripts_refuse_bad_arguments(tmp_path, folder,
 
 
 def test_comma_list_is_the_one_parser_of_block_widths():
-    from diffusers_agdm.training.argtypes import comma_list, finite, int_at_least
+    from diffusers_agdm.training_utils.argtypes import comma_list, finite, int_at_least
 
     assert comma_list(int_at_least(1))("32, 64,128") == (32, 64, 128)
     assert comma_list(finite(0))("0.5,1") == (0.5, 1.0)

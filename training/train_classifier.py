@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusers_agdm import SmallImageClassifier
-from diffusers_agdm.training import (
+from diffusers_agdm.training_utils import (
     add_data_args,
     add_hub_args,
     add_training_args,
@@ -20,9 +20,9 @@ from diffusers_agdm.training import (
     parse_training_args,
     train_loop,
 )
-from diffusers_agdm.training.argtypes import comma_list, finite, int_at_least
-from diffusers_agdm.training.augment import random_affine
-from diffusers_agdm.training.output import save_and_push
+from diffusers_agdm.training_utils.argtypes import comma_list, finite, int_at_least
+from diffusers_agdm.training_utils.augment import random_affine
+from diffusers_agdm.training_utils.output import save_and_push
 from diffusers_agdm.utils.flags import ArgumentParser
 
 

@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from diffusers_agdm import AdversarialGuidedPurificationPipeline
 from diffusers_agdm.settings_table import UNTUNED_DEFAULTS, add_purification_arguments
-from diffusers_agdm.training import (
+from diffusers_agdm.training_utils import (
     add_data_args,
     add_hub_args,
     add_training_args,
@@ -25,8 +25,8 @@ from diffusers_agdm.training import (
     parse_training_args,
     train_loop,
 )
-from diffusers_agdm.training.argtypes import check_group_norm, check_steps_fit, comma_list, int_at_least
-from diffusers_agdm.training.output import save_and_push
+from diffusers_agdm.training_utils.argtypes import check_group_norm, check_steps_fit, comma_list, int_at_least
+from diffusers_agdm.training_utils.output import save_and_push
 from diffusers_agdm.utils.flags import ArgumentParser
 
 

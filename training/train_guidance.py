@@ -13,7 +13,7 @@ import torch
 from diffusers_agdm import AdversarialGuidedPurificationPipeline, GuidanceModel
 from diffusers_agdm.loading import load_classifier, load_diffusion_source
 from diffusers_agdm.settings_table import UNTUNED_DEFAULTS, add_purification_arguments
-from diffusers_agdm.training import (
+from diffusers_agdm.training_utils import (
     add_data_args,
     add_hub_args,
     add_training_args,
@@ -23,7 +23,7 @@ from diffusers_agdm.training import (
     parse_training_args,
     train_loop,
 )
-from diffusers_agdm.training.argtypes import (
+from diffusers_agdm.training_utils.argtypes import (
     check_group_norm,
     check_model_source,
     check_steps_fit,
@@ -31,8 +31,8 @@ from diffusers_agdm.training.argtypes import (
     finite,
     int_at_least,
 )
-from diffusers_agdm.training.output import save_and_push
-from diffusers_agdm.training.trades import guidance_accuracy, kl_pgd, trades_loss
+from diffusers_agdm.training_utils.output import save_and_push
+from diffusers_agdm.training_utils.trades import guidance_accuracy, kl_pgd, trades_loss
 from diffusers_agdm.utils import sample_size
 from diffusers_agdm.utils.flags import ArgumentParser
 from diffusers_agdm.utils.schedule import start_timestep

@@ -32,7 +32,7 @@ from diffusers_agdm.evaluation import SCORES, EvaluationConfig, defense_specs, e
 from diffusers_agdm.evaluation.seeds import derive_seed
 from diffusers_agdm.loading import load_classifier
 from diffusers_agdm.settings_table import UNTUNED_DEFAULTS, add_purification_arguments
-from diffusers_agdm.training.argtypes import check_model_source, finite, int_at_least
+from diffusers_agdm.training_utils.argtypes import check_model_source, finite, int_at_least
 from diffusers_agdm.utils.flags import ArgumentParser
 from diffusers_agdm.utils.io import atomic_write_json
 from diffusers_agdm.utils.paths import check_output_dir
