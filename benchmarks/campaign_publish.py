@@ -45,8 +45,12 @@ def status_line(summary: dict) -> str:
     if not publishable(summary):
         progress = summary.get("progress") or {}
         done, total = progress.get("units_done", "?"), progress.get("units_total", "?")
-        why = ("table finished but a sanity check failed (see benchmarks/RESULTS.md)" if summary.get("finished")
-               else f"campaign in progress ({done} of {total} units)")
+        if summary.get("finished"):
+            why = "table finished but a sanity check failed (see benchmarks/RESULTS.md)"
+        elif done == 0:
+            why = f"the campaign (benchmarks/campaign.py) has not started (0 of {total} units)"
+        else:
+            why = f"campaign in progress ({done} of {total} units)"
         return f"Robust accuracy: not yet measured; {why}."
     t = summary["table"]
     rows, diffs = t["rows"], t["differences"]
