@@ -79,8 +79,9 @@ def plain_attack(model, images, labels, *, eps: float, gradient_evaluations: int
 
 
 def settings_name(args) -> str:
+    early_stop = "-early_stop" if args.early_stop else ""
     return (f"eps{args.eps:g}-steps{args.steps}-runs{args.restarts}+{args.targeted_restarts}t-eot{args.eot_samples}"
-            f"-plain_eot{args.plain_eot}-k{args.rescore_runs}-seed{args.seed}")
+            f"{early_stop}-plain_eot{args.plain_eot}-k{args.rescore_runs}-seed{args.seed}")
 
 
 def run_unit(bench: AttackBench, defense: str, start: int) -> dict:

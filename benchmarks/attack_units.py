@@ -5,6 +5,7 @@ by every method (a paired comparison), and resumable units of a few images saved
 to go printed after each.
 """
 
+import argparse
 import dataclasses
 import json
 import time
@@ -35,6 +36,8 @@ def add_common_arguments(parser, default_dir: Path, num_images: int = 32, chunk:
     parser.add_argument("--targeted_restarts", type=int, default=defaults.targeted_restarts)
     parser.add_argument("--eot_samples", type=int, default=defaults.eot_samples)
     parser.add_argument("--rescore_runs", type=int, default=defaults.rescore_runs, help="K")
+    parser.add_argument("--early_stop", action=argparse.BooleanOptionalAction, default=defaults.early_stop,
+                        help="the default attack stops on images broken on all its selection draws")
     parser.add_argument("--work_dir", type=Path, default=default_dir, help="where the units are saved")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -64,7 +67,7 @@ class AttackBench:
         self.config = dataclasses.replace(
             EvaluationConfig(), eps=args.eps, steps=args.steps, restarts=args.restarts,
             targeted_restarts=args.targeted_restarts, eot_samples=args.eot_samples, rescore_runs=args.rescore_runs,
-            show_progress_bar=False, **config_overrides)
+            early_stop=args.early_stop, show_progress_bar=False, **config_overrides)
         self.config.validate()
         self.specs = {spec.name: spec for spec in defense_specs(self.pipe, ("none", "pixel", "latent"))}
         self.device = next(self.pipe.unet.parameters()).device

@@ -342,8 +342,9 @@ def point_units(pipe, data, plan: CampaignPlan, point: Point, seed: int, num_cla
 
 def estimate(pipe, data, plan: CampaignPlan, seed: int, num_classes: int) -> dict:
     """Units done / left per stage and the CPU-hours left at the measured speed (CPU-seconds per unit of relative
-    cost, per defense, from the finished units; before any, the per-gradient costs measured on this CPU). An upper
-    bound: APGD stops early on images broken on every selection draw."""
+    cost, per defense, from the finished units; before any, the per-gradient costs measured on this CPU). Every image
+    spends the whole budget (APGD's early stop is off by default: it was measured to weaken the attack), so the table's
+    cost is exact once B is known; the study stops climbing at the plateau, so its figure is an upper bound."""
     points = expected_points(plan, plan.root)
     units = {p: point_units(pipe, data, plan, p, seed, num_classes) for p in points}
     rate = {}

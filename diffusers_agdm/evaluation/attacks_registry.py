@@ -26,7 +26,7 @@ def _run_apgd(model, images, labels, job, *, config, num_classes, generator, cal
     return apgd(model, images, labels, eps=job.eps, norm=job.norm, steps=job.steps, restarts=job.restarts,
                 targeted_restarts=min(job.targeted_restarts, num_classes - 1), eot_samples=job.eot_samples,
                 eot_batch=config.eot_batch, loss=config.loss, guidance_weight=guidance_weight, generator=generator,
-                callback=callback, selection_model=selection_model, stats=stats)
+                callback=callback, selection_model=selection_model, early_stop=config.early_stop, stats=stats)
 
 
 def _run_apgd_guidance(model, images, labels, job, *, config, **kwargs):
