@@ -209,6 +209,32 @@ def gradient_throughput(r) -> list[str]:
             ""]
 
 
+def attack_comparison(r) -> list[str]:
+    """The default attack against an independent full-budget APGD-style loop (attack_comparison.py), paired."""
+    st = r["settings"]
+    budget = (f"default: {st['steps']} iterations x ({st['restarts']} + {st['targeted_restarts']} targeted) runs "
+              f"x EOT {st['eot_samples']}, early stop {'on' if st.get('early_stop') else 'off'}; plain loop: EOT "
+              f"{st['plain_eot']}, the same maximum number of gradient evaluations")
+    rows, verdicts = [], []
+    for defense, res in r["results"].items():
+        for method in ("default", "plain"):
+            scores = [f"{100 * res[method][score]:.1f}" for score in ("all", "majority", "single")]
+            rows.append([defense, method, *scores, f"{res[method]['mean_gradient_evaluations']:.0f}",
+                         f"{res[method]['attack_cpu_s']:.0f}", str(res["num_images"])])
+        paired = ", ".join(f"{score}: {v['robust_to_default_broken_by_plain']} vs "
+                           f"{v['robust_to_plain_broken_by_default']}" for score, v in res["paired"].items())
+        verdict = "not weaker under any score" if res["default_not_weaker"] else "WEAKER under at least one score"
+        verdicts.append(f"- {defense}: the default is {verdict}; images robust to one attack but broken by the "
+                        f"other (default-robust vs plain-robust): {paired}.")
+    return ["## 7. The default attack against an independent loop", "", *_header(r),
+            f"Linf {st['eps']:g}, K = {st['rescore_runs']}, seed {st['seed']}; {budget}. Clean-and-robust "
+            "accuracy (%) on the same held-out images and scoring runs (lower = stronger attack).", "",
+            markdown_table(["defense", "attack", "all K", "majority", "one run", "gradient evals / image",
+                            "attack CPU-s (all units)", "images"], rows), "", *verdicts,
+            "", "(The wall time above is the run that wrote the summary; units computed earlier are read from the "
+            "store, and their attack CPU time is the column.)", ""]
+
+
 def quickstart(r, first=None) -> list[str]:
     """The README's first steps, timed by `benchmarks/time_quickstart.py`: the first success (`agdm info`, then
     `agdm purify --sample`) and the short evaluation. The commands set their own torch threads (`agdm` gives torch
@@ -352,7 +378,8 @@ def main(argv=None):
              "`python benchmarks/write_results_md.py`; each section names the command that produced it.", ""]
     sections = (("campaign", campaign), ("attack_convergence", convergence), ("purification_throughput", throughput),
                 ("attack_memory", memory), ("steps_vs_robustness", steps), ("robustness_table", table),
-                ("gradient_throughput", gradient_throughput), ("quickstart_time", quickstart))
+                ("gradient_throughput", gradient_throughput), ("quickstart_time", quickstart),
+                ("attack_comparison", attack_comparison))
     loaded = {name: _load(args.results_dir, name) for name, _ in sections}
     loaded["first_success_time"] = _load(args.results_dir, "first_success_time")
     for name, render in sections:

@@ -269,6 +269,11 @@ def test_attack_comparison_runs_both_attacks_paired_and_resumes(mnist_pipeline, 
     assert result["default"]["all"] <= result["default"]["majority"]
     module.run_unit = lambda *a, **k: pytest.fail("a saved unit was computed again")
     module.main(argv)  # every unit is read back
+    rendered = "\n".join(_script("write_results_md").attack_comparison(
+        json.loads((tmp_path / "attack_comparison.json").read_text())))
+    verdict = "not weaker under any score" if result["default_not_weaker"] else "WEAKER under at least one score"
+    assert "## 7. The default attack against an independent loop" in rendered and verdict in rendered
+    assert f"| none | plain | {100 * result['plain']['all']:.1f} |" in rendered and "early stop off" in rendered
 
 
 def test_attack_comparison_counts_paired_disagreements():
