@@ -15,6 +15,7 @@ resume); the CPU time left is printed after each; the summary goes to `results/g
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,14 +34,42 @@ from attack_units import (  # noqa: E402
 from common import RESULTS_DIR, markdown_table, write_results  # noqa: E402
 
 WORK_DIR = RESULTS_DIR / "guidance_weight"
+COMPARISON_DIR = RESULTS_DIR / "attack_comparison"
 
 
 def weight_key(weight: float) -> str:
     return f"w{weight:g}"
 
 
+def settings_name(args) -> str:
+    early_stop = "-early_stop" if args.early_stop else ""
+    return (f"eps{args.eps:g}-steps{args.steps}-runs{args.restarts}+{args.targeted_restarts}t-eot{args.eot_samples}"
+            f"{early_stop}-k{args.rescore_runs}-seed{args.seed}")
+
+
+def comparison_unit(args, start: int, end: int) -> dict | None:
+    """Weight 0 is plain `apgd`: the very job (seeds, code, budget, scoring draws) attack_comparison.py runs as its
+    "default" on latent guidance. Its saved unit for these images, if there is one, as a unit of this sweep."""
+    early_stop = "-early_stop" if args.early_stop else ""
+    pattern = (f"eps{args.eps:g}-steps{args.steps}-runs{args.restarts}+{args.targeted_restarts}t-eot{args.eot_samples}"
+               f"{early_stop}-plain_eot*-k{args.rescore_runs}-seed{args.seed}/latent-{start:05d}.json")
+    for path in sorted(args.comparison_dir.glob(pattern)) if args.comparison_dir.is_dir() else []:
+        unit = json.loads(path.read_text())
+        # Units saved before they named their pipeline were all measured on the embedded default.
+        if unit["end"] == end and unit.get("pipeline") == (None if args.pipeline is None else str(args.pipeline)):
+            return {"weight": 0.0, "start": start, "end": end, "labels": unit["labels"],
+                    "clean_correct": unit["clean_correct"], "correct": unit["default"]["correct"],
+                    **{k: unit["default"][k] for k in ("gradient_evaluations", "forward_evaluations", "attack_cpu_s")},
+                    "from": str(path.relative_to(args.comparison_dir))}
+    return None
+
+
 def run_unit(bench: AttackBench, weight: float, start: int) -> dict:
     end, images, labels = bench.batch(start)
+    if weight == 0 and bench.args.comparison_dir is not None:
+        reused = comparison_unit(bench.args, start, end)
+        if reused is not None:
+            return reused
     config = dataclasses.replace(bench.config, guidance_weight=weight)
     attack = "apgd-guidance" if weight > 0 else "apgd"
     adversarial, cost = bench.default_attack("latent", attack, images, labels, start, config=config)
@@ -58,14 +87,37 @@ def summarize(by_weight: dict) -> dict:
             for score in SCORES:
                 robust[score] += per_image[score]
         n = len(robust["all"])
+        image_runs = [int(c and a) for u in units for cr, ar in zip(u["clean_correct"], u["correct"])
+                      for c, a in zip(cr, ar)]
         out[weight] = {score: sum(v) / n for score, v in robust.items()} | {
-            "num_images": n, "mean_gradient_evaluations": sum(sum(u["gradient_evaluations"]) for u in units) / n}
+            "per_run_mean": sum(image_runs) / len(image_runs), "num_images": n,
+            "mean_gradient_evaluations": sum(sum(u["gradient_evaluations"]) for u in units) / n,
+            "attack_cpu_s": round(sum(u["attack_cpu_s"] for u in units), 1)}
         # Units of every weight share their images and scoring draws: robust only if no weight broke the image.
         worst = robust if worst is None else {s: [a and b for a, b in zip(worst[s], robust[s])] for s in SCORES}
+    if out:
+        # The strongest weight leaves the fewest images robust by majority (then all K, one run, the per-run mean).
+        out["strongest"] = min(out, key=lambda k: (out[k]["majority"], out[k]["all"], out[k]["single"],
+                                                   out[k]["per_run_mean"]))
     if worst is not None:
         out["worst case over weights"] = {s: sum(v) / len(v) for s, v in worst.items()} | {"num_images": len(
             worst["all"])}
     return out
+
+
+def markdown_lines(summary: dict) -> list[str]:
+    """The sweep as a table (clean-and-robust %, lower = stronger attack) and the strongest weight."""
+    rows = [[key, *(f"{100 * s[score]:.1f}" for score in SCORES),
+             f"{100 * s['per_run_mean']:.1f}" if "per_run_mean" in s else "-",
+             f"{s['mean_gradient_evaluations']:.0f}" if "mean_gradient_evaluations" in s else "-",
+             f"{s['attack_cpu_s']:.0f}" if "attack_cpu_s" in s else "-", str(s["num_images"])]
+            for key, s in summary.items() if key != "strongest"]
+    lines = [markdown_table(["guidance weight", "all K", "majority", "one run", "one run, mean of K",
+                             "gradient evals / image", "attack CPU-s", "images"], rows)]
+    if "strongest" in summary:
+        lines += ["", f"Strongest weight (fewest images robust by majority, then all K, one run): "
+                      f"**{summary['strongest']}**."]
+    return lines
 
 
 def main(argv=None):
@@ -73,6 +125,10 @@ def main(argv=None):
     add_common_arguments(parser, WORK_DIR)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     parser.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--comparison_dir", type=Path, default=COMPARISON_DIR,
+                        help="attack_comparison.py's units: weight 0's are read from there when saved (the same job)")
+    parser.add_argument("--no_reuse", dest="comparison_dir", action="store_const", const=None,
+                        help="compute weight 0 here even if attack_comparison.py saved it")
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
     if any(not w >= 0 for w in args.weights):
@@ -81,16 +137,14 @@ def main(argv=None):
         parser.error(f"--results_dir {args.results_dir} is not a folder")
     started = time.time()
     bench = AttackBench(args)
-    work = args.work_dir / (f"eps{args.eps:g}-steps{args.steps}-runs{args.restarts}+{args.targeted_restarts}t"
-                            f"-eot{args.eot_samples}-k{args.rescore_runs}-seed{args.seed}")
+    work = args.work_dir / settings_name(args)
     weights = {weight_key(w): w for w in dict.fromkeys(args.weights)}
     print(f"{bench.budget} gradient evaluations per image at most; units in {work}", flush=True)
     run_units(args, work, list(weights), lambda key, start: run_unit(bench, weights[key], start))
     summary = summarize({key: [u for u in load_units(work, key)
                                if args.start_index <= u["start"] < args.start_index + args.num_images]
                          for key in weights})
-    rows = [[key, *(f"{100 * s[score]:.1f}" for score in SCORES), str(s["num_images"])] for key, s in summary.items()]
-    print(markdown_table(["guidance weight", "all K %", "majority %", "one run %", "images"], rows))
+    print("\n".join(markdown_lines(summary)))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     write_results("guidance_weight", settings, summary, started, results_dir=args.results_dir)
 

@@ -219,6 +219,8 @@ def attack_comparison(r) -> list[str]:
     for defense, res in r["results"].items():
         for method in ("default", "plain"):
             scores = [f"{100 * res[method][score]:.1f}" for score in ("all", "majority", "single")]
+            mean = res[method].get("per_run_mean")
+            scores.append("-" if mean is None else f"{100 * mean:.1f}")
             rows.append([defense, method, *scores, f"{res[method]['mean_gradient_evaluations']:.0f}",
                          f"{res[method]['attack_cpu_s']:.0f}", str(res["num_images"])])
         paired = ", ".join(f"{score}: {v['robust_to_default_broken_by_plain']} vs "
@@ -226,13 +228,34 @@ def attack_comparison(r) -> list[str]:
         verdict = "not weaker under any score" if res["default_not_weaker"] else "WEAKER under at least one score"
         verdicts.append(f"- {defense}: the default is {verdict}; images robust to one attack but broken by the "
                         f"other (default-robust vs plain-robust): {paired}.")
+        if "paired_image_runs" in res:
+            pr = res["paired_image_runs"]
+            verdicts.append(f"  One run, each of the K runs taken as a one-run trial (the same quantity as run 0 "
+                            f"alone, estimated from all the data): image-runs robust to the default but broken by "
+                            f"the plain loop vs the reverse: {pr['robust_to_default_broken_by_plain']} vs "
+                            f"{pr['robust_to_plain_broken_by_default']} of {pr['image_runs']}.")
     return ["## 7. The default attack against an independent loop", "", *_header(r),
             f"Linf {st['eps']:g}, K = {st['rescore_runs']}, seed {st['seed']}; {budget}. Clean-and-robust "
             "accuracy (%) on the same held-out images and scoring runs (lower = stronger attack).", "",
-            markdown_table(["defense", "attack", "all K", "majority", "one run", "gradient evals / image",
+            markdown_table(["defense", "attack", "all K", "majority", "one run", "one run, mean of K",
+                            "gradient evals / image",
                             "attack CPU-s (all units)", "images"], rows), "", *verdicts,
             "", "(The wall time above is the run that wrote the summary; units computed earlier are read from the "
             "store, and their attack CPU time is the column.)", ""]
+
+
+def guidance_weight(r) -> list[str]:
+    """Which weight of the guidance-target term lowers latent guidance most (guidance_weight.py)."""
+    from guidance_weight import markdown_lines
+
+    st = r["settings"]
+    return ["## 8. The guidance-target weight of `apgd-guidance`", "", *_header(r),
+            f"Latent guidance, Linf {st['eps']:g}, K = {st['rescore_runs']}, seed {st['seed']}; each weight runs "
+            f"`apgd-guidance` at {st['steps']} iterations x ({st['restarts']} + {st['targeted_restarts']} targeted) "
+            f"runs x EOT {st['eot_samples']}, early stop {'on' if st.get('early_stop') else 'off'}, the term "
+            "normalised to the end-to-end gradient's dual norm (weight 0 = plain `apgd`). Clean-and-robust accuracy "
+            "(%) on the same held-out images and scoring runs (lower = stronger attack).", "",
+            *markdown_lines(r["results"]), ""]
 
 
 def quickstart(r, first=None) -> list[str]:
@@ -379,7 +402,7 @@ def main(argv=None):
     sections = (("campaign", campaign), ("attack_convergence", convergence), ("purification_throughput", throughput),
                 ("attack_memory", memory), ("steps_vs_robustness", steps), ("robustness_table", table),
                 ("gradient_throughput", gradient_throughput), ("quickstart_time", quickstart),
-                ("attack_comparison", attack_comparison))
+                ("attack_comparison", attack_comparison), ("guidance_weight", guidance_weight))
     loaded = {name: _load(args.results_dir, name) for name, _ in sections}
     loaded["first_success_time"] = _load(args.results_dir, "first_success_time")
     for name, render in sections:

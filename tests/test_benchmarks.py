@@ -290,6 +290,10 @@ def test_attack_comparison_counts_paired_disagreements():
     assert result["paired"]["majority"] == {"robust_to_default_broken_by_plain": 1,
                                             "robust_to_plain_broken_by_default": 1}
     assert result["default"]["mean_gradient_evaluations"] == 6 and result["default_not_weaker"]
+    # Every run as a one-run trial: default robust on 5 of 9 image-runs, plain on 6; paired per image and run.
+    assert result["default"]["per_run_mean"] == 5 / 9 and result["plain"]["per_run_mean"] == 6 / 9
+    assert result["paired_image_runs"] == {"robust_to_default_broken_by_plain": 3,
+                                           "robust_to_plain_broken_by_default": 4, "image_runs": 9}
 
 
 def test_plain_attack_breaks_an_undefended_linear_classifier_inside_the_ball():
@@ -312,10 +316,33 @@ def test_guidance_weight_sweep_scores_every_weight_and_the_worst_case(mnist_pipe
                  "--targeted_restarts", "1", "--rescore_runs", "2", "--weights", "0", "1",
                  "--work_dir", str(tmp_path / "units"), "--results_dir", str(tmp_path)])
     result = json.loads((tmp_path / "guidance_weight.json").read_text())["results"]
-    assert set(result) == {"w0", "w1", "worst case over weights"}
+    assert set(result) == {"w0", "w1", "worst case over weights", "strongest"}
     for score in ("all", "majority", "single"):
         assert result["worst case over weights"][score] <= min(result["w0"][score], result["w1"][score])
+    key = lambda w: (result[w]["majority"], result[w]["all"], result[w]["single"], result[w]["per_run_mean"])  # noqa
+    assert result["strongest"] == min(("w0", "w1"), key=key)
     assert "CPU-min left" in capsys.readouterr().out
+    rendered = "\n".join(_script("write_results_md").guidance_weight(
+        json.loads((tmp_path / "guidance_weight.json").read_text())))
+    assert "## 8. The guidance-target weight" in rendered and f"**{result['strongest']}**" in rendered
+    assert f"| w1 | {100 * result['w1']['all']:.1f} |" in rendered
+
+
+def test_guidance_weight_zero_reuses_the_comparisons_identical_job(mnist_pipeline, tmp_path):
+    budget = ["--pipeline", str(mnist_pipeline), "--num_images", "1", "--chunk", "1", "--steps", "1",
+              "--targeted_restarts", "1", "--rescore_runs", "2"]
+    _script("attack_comparison").main([*budget, "--defenses", "latent", "--work_dir", str(tmp_path / "comparison"),
+                                       "--results_dir", str(tmp_path)])
+    module = _script("guidance_weight")
+    units = {}
+    for name, reuse in (("reused", ["--comparison_dir", str(tmp_path / "comparison")]), ("computed", ["--no_reuse"])):
+        module.main([*budget, "--weights", "0", "--work_dir", str(tmp_path / name), "--results_dir",
+                     str(tmp_path), *reuse])
+        (unit,) = (tmp_path / name).glob("*/w0-00000.json")
+        units[name] = json.loads(unit.read_text())
+    assert units["reused"]["from"].endswith("latent-00000.json") and "from" not in units["computed"]
+    for key in ("labels", "clean_correct", "correct", "gradient_evaluations"):
+        assert units["reused"][key] == units["computed"][key], key
 
 
 def test_gradient_throughput_reports_multiples_of_a_unet_forward(mnist_pipeline, tmp_path, capsys):
