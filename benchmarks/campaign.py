@@ -7,8 +7,9 @@ where it stopped):
 
 1. **Convergence study.** Unguided (`none`), `pixel` and `latent` purification on the same held-out images, the
    per-image worst case over the attack suite against gradient evaluations per image on a doubling ladder (steps x
-   EOT 2 x (1 + 3 targeted) runs), climbed in increasing order until doubling the budget moves no score (all K /
-   majority / one run) by more than 2 points for any of the three defenses (paired, per image); that budget is B.
+   EOT 2 x (1 + 3 targeted) runs), climbed in increasing order to its top (1,600); B is the smallest budget at which
+   doubling moves no score (all K / majority / one run) by more than 2 points for any of the three defenses (paired,
+   per image), and the move from B to the top is stated beside it.
    Then, at a fixed budget, the EOT / restarts variants (steps x EOT x runs).
 2. **Headline table at B** on held-out images disjoint from the study's: every defense, clean and clean-and-robust
    under the three scores with 95% Wilson intervals, and the paired latent - unguided and latent - robust-classifier
@@ -203,36 +204,54 @@ def plateau(levels: list[tuple[int, dict]], tolerance: float = 0.02) -> dict:
     `tolerance` (paired on the same images: robust -> broken and broken -> robust counted per image). Without one,
     `budget` is None and `drift` names the largest remaining move at the top of the ladder.
     """
-    steps = []
-    for (low, a), (high, b) in zip(levels, levels[1:]):
-        moves = []
-        for defense in a:
-            if defense not in b:
-                continue
-            for kind in SCORES:
-                before, after = a[defense][kind], b[defense][kind]
-                n = len(before)
-                lost = sum(x and not y for x, y in zip(before, after))
-                gained = sum(y and not x for x, y in zip(before, after))
-                moves.append({"defense": defense, "score": kind, "n": n, "from": low, "to": high,
-                              "robust_to_broken": lost, "broken_to_robust": gained,
-                              "before": sum(before) / n, "after": sum(after) / n, "move": (gained - lost) / n})
-        passed = bool(moves) and all(abs(m["move"]) <= tolerance + 1e-12 for m in moves)
-        steps.append({"from": low, "to": high, "passed": passed, "moves": moves})
-        if passed:
-            return {"budget": low, "found": True, "steps": steps, "verdict":
-                    f"plateau at {low} gradient evaluations per image: doubling to {high} moves no score of "
-                    f"{', '.join(a)} by more than {100 * tolerance:.0f} points (paired, per image)", "drift": None}
-    drift = None
-    if steps and steps[-1]["moves"]:
-        worst = max(steps[-1]["moves"], key=lambda m: (abs(m["move"]), m["robust_to_broken"]))
-        drift = (f"{worst['defense']} ({worst['score']}) moved {100 * worst['move']:+.1f} points from {worst['from']} "
-                 f"to {worst['to']} gradient evaluations per image ({worst['robust_to_broken']} images robust -> "
-                 f"broken, {worst['broken_to_robust']} broken -> robust, of {worst['n']})")
+    steps = [{"from": low, "to": high, "moves": _moves(low, a, high, b)}
+             for (low, a), (high, b) in zip(levels, levels[1:])]
+    for step in steps:
+        step["passed"] = bool(step["moves"]) and all(abs(m["move"]) <= tolerance + 1e-12 for m in step["moves"])
+    found = next((step for step in steps if step["passed"]), None)
+    if found is not None:
+        # The ladder is climbed to its top whatever B is: small moves per doubling could still add up, so the move
+        # from B to the top budget is stated beside B.
+        at_b = dict(levels)[found["from"]]
+        top_budget, top = levels[-1]
+        beyond = _largest(_moves(found["from"], at_b, top_budget, top)) if top_budget > found["to"] else None
+        return {"budget": found["from"], "found": True, "steps": steps, "verdict":
+                f"plateau at {found['from']} gradient evaluations per image: doubling to {found['to']} moves no "
+                f"score of {', '.join(at_b)} by more than {100 * tolerance:.0f} points (paired, per image)"
+                + (f"; from there to the top of the ladder, the largest move: {beyond}" if beyond else ""),
+                "drift": None, "beyond": beyond}
+    drift = _largest(steps[-1]["moves"]) if steps else None
     top = levels[-1][0] if levels else None
     verdict = (f"no plateau up to {top} gradient evaluations per image; remaining drift: {drift}" if drift
                else "not enough ladder points yet")
-    return {"budget": None, "found": False, "steps": steps, "verdict": verdict, "drift": drift}
+    return {"budget": None, "found": False, "steps": steps, "verdict": verdict, "drift": drift, "beyond": None}
+
+
+def _moves(low: int, a: dict, high: int, b: dict) -> list[dict]:
+    """Per defense and score, the paired move from budget `low` to `high` (per image: robust -> broken and
+    broken -> robust both counted)."""
+    moves = []
+    for defense in a:
+        if defense not in b:
+            continue
+        for kind in SCORES:
+            before, after = a[defense][kind], b[defense][kind]
+            n = len(before)
+            lost = sum(x and not y for x, y in zip(before, after))
+            gained = sum(y and not x for x, y in zip(before, after))
+            moves.append({"defense": defense, "score": kind, "n": n, "from": low, "to": high,
+                          "robust_to_broken": lost, "broken_to_robust": gained,
+                          "before": sum(before) / n, "after": sum(after) / n, "move": (gained - lost) / n})
+    return moves
+
+
+def _largest(moves: list[dict]) -> str | None:
+    if not moves:
+        return None
+    worst = max(moves, key=lambda m: (abs(m["move"]), m["robust_to_broken"]))
+    return (f"{worst['defense']} ({worst['score']}) moved {100 * worst['move']:+.1f} points from {worst['from']} "
+            f"to {worst['to']} gradient evaluations per image ({worst['robust_to_broken']} images robust -> "
+            f"broken, {worst['broken_to_robust']} broken -> robust, of {worst['n']})")
 
 
 # ------------------------------------------------------------------------------------------------ intervals
@@ -298,13 +317,10 @@ def chosen_shape(plan: CampaignPlan, verdict: dict) -> Shape | None:
 
 
 def expected_points(plan: CampaignPlan, root: Path) -> list[Point]:
-    """Every point the campaign will (still) evaluate, as far as is known now: the ladder up to its stop (all of it
-    while no plateau is found), the variants, and the table at B (at the top of the ladder while B is unknown)."""
+    """Every point the campaign will (still) evaluate, as far as is known now: the whole ladder, the variants, and
+    the table at B (at the top of the ladder while B is unknown)."""
     verdict = plateau(study_levels(plan, root), plan.tolerance)
-    ladder = plan.ladder
-    if verdict["found"]:
-        ladder = [s for s in plan.ladder if s.budget <= 2 * verdict["budget"]]
-    points = [study_point(plan, d, s) for s in ladder for d in STUDY_DEFENSES]
+    points = [study_point(plan, d, s) for s in plan.ladder for d in STUDY_DEFENSES]
     points += [p for s in plan.variants for d in STUDY_DEFENSES if (p := study_point(plan, d, s)) not in points]
     points += table_points(plan, chosen_shape(plan, verdict) or plan.ladder[-1])
     return points
@@ -344,7 +360,7 @@ def estimate(pipe, data, plan: CampaignPlan, seed: int, num_classes: int) -> dic
     """Units done / left per stage and the CPU-hours left at the measured speed (CPU-seconds per unit of relative
     cost, per defense, from the finished units; before any, the per-gradient costs measured on this CPU). Every image
     spends the whole budget (APGD's early stop is off by default: it was measured to weaken the attack), so the table's
-    cost is exact once B is known; the study stops climbing at the plateau, so its figure is an upper bound."""
+    cost is exact once B is known; the study always climbs the whole ladder, so its figure is exact too."""
     points = expected_points(plan, plan.root)
     units = {p: point_units(pipe, data, plan, p, seed, num_classes) for p in points}
     rate = {}
@@ -506,9 +522,7 @@ def run_campaign(pipe, data, plan: CampaignPlan, seed: int = 0, say=print, after
                 after_point()
         levels.append((shape.budget, by_defense))
         verdict = plateau(levels, plan.tolerance)
-        say(f"campaign: {verdict['verdict']}")
-        if verdict["found"]:
-            break
+        say(f"campaign: {verdict['verdict']}")  # climbed to the top in any case (the study reaches its maximum)
     for shape in plan.variants:
         for defense in STUDY_DEFENSES:
             point = study_point(plan, defense, shape)

@@ -69,9 +69,10 @@ def finished(tmp_path_factory):
 
 def test_runs_every_stage_end_to_end(finished, tmp_path):
     pipe, data, plan, verdict, root = finished
-    # tolerance 1.0: the first doubling passes, so B is the first budget and the ladder stops after the second.
+    # tolerance 1.0: the first doubling passes, so B is the first budget; the ladder is still climbed to its top.
     assert verdict["found"] and verdict["budget"] == plan.ladder[0].budget
-    assert not (plan.root / "study" / f"none-{plan.ladder[2].name}").exists()
+    assert (plan.root / "study" / f"none-{plan.ladder[2].name}").exists()
+    assert verdict["beyond"] and f"from {plan.ladder[0].budget} to {plan.ladder[2].budget}" in verdict["beyond"]
     card, readme = tmp_path / "README.md", tmp_path / "main.md"
     card.write_text(CARD)
     readme.write_text(f"intro\n{campaign_publish.STATUS_START}\nold\n{campaign_publish.STATUS_END}\nrest\n")
@@ -84,7 +85,7 @@ def test_runs_every_stage_end_to_end(finished, tmp_path):
     assert table["n"] == 3 and set(table["rows"]) >= {"undefended", "robust-classifier", "none", "latent"}
     diff = table["differences"]["latent - none"]["majority"]
     assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
-    assert summary["study"]["points"] and {p["budget"] for p in summary["study"]["points"]} == {1, 2}
+    assert summary["study"]["points"] and {p["budget"] for p in summary["study"]["points"]} == {1, 2, 4}
     # The sanity checks of random dummy weights may fail: published only when they pass.
     text = card.read_text()
     assert "withdrawn" not in text.split("---", 2)[1]  # out of the metadata in any case
@@ -161,6 +162,12 @@ def test_plateau_found_on_synthetic_records():
     verdict = campaign.plateau(_levels((50, 8), (100, 6), (200, 6), (400, 6)), tolerance=0.02)
     assert verdict["found"] and verdict["budget"] == 100
     assert verdict["steps"][0]["moves"][0]["robust_to_broken"] == 2 and not verdict["steps"][0]["passed"]
+
+
+def test_plateau_states_the_move_from_b_to_the_top():
+    verdict = campaign.plateau(_levels((50, 8), (100, 6), (200, 6), (400, 5)), tolerance=0.02)
+    assert verdict["budget"] == 100 and "-10.0 points from 100 to 400" in verdict["beyond"]
+    assert "from there to the top of the ladder" in verdict["verdict"]
 
 
 def test_no_plateau_names_the_drift():
