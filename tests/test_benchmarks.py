@@ -358,3 +358,11 @@ def test_gradient_throughput_reports_multiples_of_a_unet_forward(mnist_pipeline,
         assert row["unet_forwards"] == pytest.approx(row["seconds_per_image_gradient"]
                                                      / numbers["units"]["unet_forward_s"])
     assert "UNet forwards" in capsys.readouterr().out
+
+
+def test_results_name_repository_paths_relative_to_its_root():
+    common = _script("common")
+    settings = {"work_dir": common.RESULTS_DIR / "units", "results_dir": str(common.RESULTS_DIR), "other": "/tmp/x",
+                "files": [str(common.REPO_ROOT / "README.md")], "steps": 3}
+    assert common.portable(settings) == {"work_dir": "benchmarks/results/units", "results_dir": "benchmarks/results",
+                                         "other": "/tmp/x", "files": ["README.md"], "steps": 3}
