@@ -58,7 +58,8 @@ def write_results(name: str, settings: dict, numbers, started: float, results_di
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-               "diffusers_agdm_version": diffusers_agdm.__version__, "machine": machine(), "settings": portable(settings),
+               "diffusers_agdm_version": diffusers_agdm.__version__, "machine": machine(),
+               "settings": portable(settings),
                "wall_time_s": round(time.time() - started, 1), "results": numbers}
     atomic_write_json(path, payload)
     print(f"\nwrote {path}")
