@@ -28,6 +28,7 @@ from diffusers_agdm.attacks import SCORES, SELECTION_DRAWS, AttackStats, apgd, r
 from diffusers_agdm.data import load_labelled_images  # noqa: E402
 from diffusers_agdm.evaluation.defenses import defense_specs  # noqa: E402
 from diffusers_agdm.evaluation.seeds import derive_seed  # noqa: E402
+from diffusers_agdm.utils.scores import SCORE_PLOT_TITLES  # noqa: E402
 
 WORK_DIR = RESULTS_DIR / "attack_convergence"
 DEFENSES = ("none", "pixel", "latent")  # each with its settings from `defense_specs`, as `agdm evaluate` has them
@@ -164,8 +165,7 @@ def plot(summary: dict, path: Path) -> None:
                         label=f"{defense} / {tag} (n={curve[0]['num_images']})")
         ax.set_xscale("log")
         ax.set_xlabel("gradient evaluations / image")
-        ax.set_title({"all": "robust in all K runs", "majority": "robust in a majority of K",
-                      "single": "robust in one run"}[kind])
+        ax.set_title(SCORE_PLOT_TITLES[kind])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("clean-and-robust accuracy (%)")
     fig.suptitle("Exact-gradient APGD through the whole defense, Linf 0.3 (gradient evaluations = steps x EOT x runs)",

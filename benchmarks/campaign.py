@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, atomic_write_json, machine  # noqa: E402
-from diffusers_agdm.utils.scores import SCORES  # noqa: E402
+from diffusers_agdm.utils.scores import SCORE_PLOT_TITLES, SCORES  # noqa: E402
 
 CAMPAIGN_DIR = RESULTS_DIR / "campaign"
 SUMMARY_NAME, PLOT_NAME = "campaign.json", "campaign_convergence.png"
@@ -571,7 +571,6 @@ def plot(summary: dict, path: Path) -> None:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3, sharey=True)
     colors = {"none": "tab:gray", "pixel": "tab:blue", "latent": "tab:red"}
-    titles = {"all": "robust in all K runs", "majority": "robust in a majority of K", "single": "robust in one run"}
     for ax, kind in zip(axes, SCORES):
         for defense in STUDY_DEFENSES:
             ladder = sorted((p for p in summary["study"]["points"] if p["defense"] == defense and p["ladder"]),
@@ -588,7 +587,7 @@ def plot(summary: dict, path: Path) -> None:
             ax.axvline(budget, color="black", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("gradient evaluations / image")
-        ax.set_title(titles[kind])
+        ax.set_title(SCORE_PLOT_TITLES[kind])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("worst-case clean-and-robust accuracy (%)")
     import textwrap

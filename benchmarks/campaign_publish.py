@@ -13,8 +13,8 @@ import yaml
 from diffusers_agdm.commands.info import CAMPAIGN_STATUS_END as STATUS_END
 from diffusers_agdm.commands.info import CAMPAIGN_STATUS_START as STATUS_START
 from diffusers_agdm.utils.io import atomic_write_text, markdown_table
+from diffusers_agdm.utils.scores import SCORE_WORDS
 
-SCORE_WORDS = {"all": "all {k} runs", "majority": "majority of {k} runs", "single": "one run"}
 TITLES = {"undefended": "undefended classifier", "robust-classifier": "robust classifier alone (adversarial training)",
           "none": "unguided purification", "pixel": "pixel guidance", "latent": "latent guidance (AGDM)",
           "latent+robust-classifier": "latent guidance + robust classifier"}

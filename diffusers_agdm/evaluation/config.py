@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field, fields
 
 from ..settings_table import OPTIONS
-from ..utils.scores import SCORES
+from ..utils.scores import SCORE_TITLES, SCORES
 from ..utils.validation import check_finite, check_int
 from .attacks_registry import ATTACK_SPECS, ATTACK_TITLES, ATTACKS, WORST_CASE
 
@@ -13,11 +13,6 @@ ROBUST_CLASSIFIER = "robust-classifier"
 LATENT_ROBUST = "latent+robust-classifier"
 DEFENSES = ("undefended", ROBUST_CLASSIFIER, "none", "pixel", "latent", LATENT_ROBUST)
 
-SCORE_TITLES = {
-    "all": "robust in all {k} defense runs (conservative)",
-    "majority": "robust in a majority of {k} defense runs",
-    "single": "robust in one defense run (as papers that score one run)",
-}
 # Re-exported: the attack table lives in attacks_registry.py, the K-run rule in attacks/scoring.py.
 __all__ = ["ATTACKS", "ATTACK_SPECS", "ATTACK_TITLES", "CONVERGENCE_AXES", "SCORES", "SCORE_TITLES", "WORST_CASE",
            "EvaluationConfig"]
