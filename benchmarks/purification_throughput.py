@@ -1,6 +1,6 @@
 """Purification throughput: images per second for unguided, latent-guided and pixel-guided purification at the same
-t*, steps and batch size, and the guided / unguided time ratio (target: at most 1.25x). All modes run in one
-process, interleaved over repeats, so the ratio compares like with like.
+t*, steps and batch size, and the guided / unguided time ratio (target: at most `TARGET_RATIO`, 1.15x). All modes run
+in one process, interleaved over repeats, so the ratio compares like with like.
 
     python benchmarks/purification_throughput.py            # the embedded default
     python benchmarks/purification_throughput.py --pipeline path/or/hub-id --batch_size 64 --repeats 5
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load, markdown_table, write_results  # noqa: E402
 
 MODES = ("none", "latent", "pixel")
+TARGET_RATIO = 1.15  # latent-guided / unguided purification time (was 1.25 before the gradient-cost issue)
 
 
 def cifar10_scale_pipeline():
@@ -103,7 +104,8 @@ def main(argv=None):
               f"{result['parameters']['guidance'] / 1e6:.2f}M parameters; t* = {result['strength']}, "
               f"{result['num_inference_steps']} steps, batch {batch_size}, median of {args.repeats}\n")
         print(markdown_table(["guidance", "images/s", "s/batch", "time vs unguided"], rows))
-        print(f"\nlatent-guided / unguided = {ratio:.2f}x (target <= 1.25x: {'met' if ratio <= 1.25 else 'NOT met'})")
+        print(f"\nlatent-guided / unguided = {ratio:.2f}x (target <= {TARGET_RATIO:.2f}x: "
+              f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})")
     settings = {"pipeline": args.pipeline or "embedded default", "batch_size": args.batch_size,
                 "repeats": args.repeats, "cifar10_scale": args.cifar10_scale,
                 "cifar10_batch_size": args.cifar10_batch_size, "seed": args.seed}
