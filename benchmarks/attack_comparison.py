@@ -78,10 +78,9 @@ def plain_attack(model, images, labels, *, eps: float, gradient_evaluations: int
     return best
 
 
-def settings_name(args) -> str:
-    early_stop = "-early_stop" if args.early_stop else ""
-    return (f"eps{args.eps:g}-steps{args.steps}-runs{args.restarts}+{args.targeted_restarts}t-eot{args.eot_samples}"
-            f"{early_stop}-plain_eot{args.plain_eot}-k{args.rescore_runs}-seed{args.seed}")
+def settings_name(bench: AttackBench) -> str:
+    args = bench.args
+    return f"{bench.shape_name()}-plain_eot{args.plain_eot}-k{args.rescore_runs}-seed{args.seed}"
 
 
 def run_unit(bench: AttackBench, defense: str, start: int) -> dict:
@@ -154,7 +153,7 @@ def main(argv=None):
         parser.error(f"--results_dir {args.results_dir} is not a folder")
     started = time.time()
     bench = AttackBench(args)
-    work = args.work_dir / settings_name(args)
+    work = args.work_dir / settings_name(bench)
     print(f"default attack: {bench.budget} gradient evaluations per image at most; units in {work}", flush=True)
     run_units(args, work, list(args.defenses), lambda defense, start: run_unit(bench, defense, start))
     summary = {defense: summarize([u for u in load_units(work, defense)
@@ -175,6 +174,7 @@ def main(argv=None):
               f"vs the reverse: {pr['robust_to_default_broken_by_plain']} vs {pr['robust_to_plain_broken_by_default']}"
               f" of {pr['image_runs']}")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["effective"] = bench.effective()  # the runs as they ran on purifiers (`long_runs_on_purifiers`)
     write_results("attack_comparison", settings, summary, started, results_dir=args.results_dir)
 
 

@@ -38,6 +38,9 @@ def add_common_arguments(parser, default_dir: Path, num_images: int = 32, chunk:
     parser.add_argument("--rescore_runs", type=int, default=defaults.rescore_runs, help="K")
     parser.add_argument("--early_stop", action=argparse.BooleanOptionalAction, default=defaults.early_stop,
                         help="the default attack stops on images broken on all its selection draws")
+    parser.add_argument("--long_runs_on_purifiers", action=argparse.BooleanOptionalAction,
+                        default=defaults.long_runs_on_purifiers,
+                        help="APGD spends its targeted runs as iterations of the untargeted run on purifiers")
     # Not part of the units' folder name: checkpointing changes the time and memory, never the numbers (tested).
     parser.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction,
                         default=defaults.gradient_checkpointing,
@@ -72,7 +75,7 @@ class AttackBench:
             EvaluationConfig(), eps=args.eps, steps=args.steps, restarts=args.restarts,
             targeted_restarts=args.targeted_restarts, eot_samples=args.eot_samples, rescore_runs=args.rescore_runs,
             early_stop=args.early_stop, gradient_checkpointing=args.gradient_checkpointing, show_progress_bar=False,
-            **config_overrides)
+            long_runs_on_purifiers=args.long_runs_on_purifiers, **config_overrides)
         self.config.validate()
         self.specs = {spec.name: spec for spec in defense_specs(self.pipe, ("none", "pixel", "latent"))}
         self.device = next(self.pipe.unet.parameters()).device
@@ -80,12 +83,29 @@ class AttackBench:
         self.runner = UnitRunner(self.pipe, self.data, self.config, self.specs, self.device, num_classes)
         self.plan = EvaluationPlan(self.config, args.num_images, ["none", "pixel", "latent"])
 
+    def purifier_job(self):
+        """The default attack's job on a purifying defense (every defense these benchmarks attack purifies)."""
+        return self.plan.job("latent", "apgd", self.args.seed)
+
     @property
     def budget(self) -> int:
-        """The most gradient evaluations per image the default attack may spend: (steps + 1) x EOT x runs (each run
-        also evaluates its random start)."""
-        c = self.config
-        return (c.steps + 1) * c.eot_samples * (c.restarts + c.targeted_restarts)
+        """The most gradient evaluations per image the default attack may spend on a purifier: (steps + 1) x EOT x
+        runs (each run also evaluates its random start)."""
+        job = self.purifier_job()
+        return (job.steps + 1) * job.eot_samples * (job.restarts + job.targeted_restarts)
+
+    def effective(self) -> dict:
+        """The default attack's budget as it runs on purifiers (recorded beside the arguments)."""
+        job = self.purifier_job()
+        return {"steps": job.steps, "restarts": job.restarts, "targeted_restarts": job.targeted_restarts,
+                "eot_samples": job.eot_samples}
+
+    def shape_name(self) -> str:
+        """The units' folder name: the attack as it really runs on purifiers (so units of different runs never mix;
+        one shape reached by two settings shares its units)."""
+        job, early_stop = self.purifier_job(), "-early_stop" if self.args.early_stop else ""
+        return (f"eps{job.eps:g}-steps{job.steps}-runs{job.restarts}+{job.targeted_restarts}t-eot{job.eot_samples}"
+                f"{early_stop}")
 
     def batch(self, start: int):
         end = min(start + self.args.chunk, self.args.start_index + self.args.num_images)

@@ -7,10 +7,10 @@ where it stopped):
 
 1. **Convergence study.** Unguided (`none`), `pixel` and `latent` purification on the same held-out images, the
    per-image worst case over the attack suite against gradient evaluations per image on a doubling ladder (steps x
-   EOT 2 x (1 + 3 targeted) runs), climbed in increasing order to its top (1,600); B is the smallest budget at which
-   doubling moves no score (all K / majority / one run) by more than 2 points for any of the three defenses (paired,
-   per image), and the move from B to the top is stated beside it.
-   Then, at a fixed budget, the EOT / restarts variants (steps x EOT x runs).
+   EOT 2 x (1 + 3 targeted) runs, which APGD runs on these purifiers as one untargeted run of 4 x steps), climbed
+   in increasing order to its top (1,600); B is the smallest budget at which doubling moves no score (all K /
+   majority / one run) by more than 2 points for any of the three defenses (paired, per image), and the move from
+   B to the top is stated beside it. Then, at a fixed budget, the EOT / restarts variants (steps x EOT x runs).
 2. **Headline table at B** on held-out images disjoint from the study's: every defense, clean and clean-and-robust
    under the three scores with 95% Wilson intervals, and the paired latent - unguided and latent - robust-classifier
    differences with 95% paired-bootstrap intervals (seeded). The robust classifier (deterministic) is also attacked
@@ -71,8 +71,21 @@ class Shape:
     def name(self) -> str:
         return f"s{self.steps}-e{self.eot}-r{self.restarts}t{self.targeted}"
 
-    def describe(self) -> str:
-        return f"{self.steps} x EOT {self.eot} x ({self.restarts} + {self.targeted}t)"
+    def describe(self, purifies: bool | None = None) -> str:
+        """The budget as set; on a purifier (`purifies=True`) as APGD really runs it there (`long_runs_on_purifiers`:
+        the targeted runs' budget lengthens the untargeted run); `None`: both, when they differ."""
+        from diffusers_agdm.evaluation.attacks_registry import apgd_runs
+        from diffusers_agdm.evaluation.config import EvaluationConfig
+
+        as_set = f"{self.steps} x EOT {self.eot} x ({self.restarts} + {self.targeted}t)"
+        steps, restarts, targeted = apgd_runs(self.steps, self.restarts, self.targeted, purifies=True,
+                                              long_runs=EvaluationConfig().long_runs_on_purifiers)
+        on_purifiers = f"{steps} x EOT {self.eot} x ({restarts} + {targeted}t)"
+        if purifies is True:
+            return on_purifiers
+        if purifies is False or on_purifiers == as_set:
+            return as_set
+        return f"{as_set} ({on_purifiers} on purifiers)"
 
     def overrides(self) -> dict:
         return {"steps": self.steps, "eot_samples": self.eot, "restarts": self.restarts,
@@ -88,9 +101,10 @@ class CampaignPlan:
     table_start: int = 32
     table_images: int = 128
     ladder: tuple[Shape, ...] = tuple(Shape(s, 2) for s in (6, 12, 25, 50, 100, 200))  # 48 .. 1,600 per image
-    # All 400: EOT against iterations, restarts doubled, and one long untargeted run (an independent one-run EOT-2
-    # loop matched or beat the default 4 short runs at 200 evaluations: RESULTS.md section 7).
-    variants: tuple[Shape, ...] = (Shape(100, 1), Shape(50, 2), Shape(25, 4), Shape(25, 2, 2, 6), Shape(200, 2, 1, 0))
+    # All 400. On the study's purifiers APGD runs the targeted runs' budget as iterations of the untargeted run
+    # (`long_runs_on_purifiers`), so these are 400 x EOT 1, 200 x EOT 2 (the ladder's point), 100 x EOT 4 and
+    # 2 runs of 100 x EOT 2: EOT against iterations, and restarts against iterations.
+    variants: tuple[Shape, ...] = (Shape(100, 1), Shape(50, 2), Shape(25, 4), Shape(25, 2, 2, 6))
     tolerance: float = 0.02  # the most a score may move (fraction) when the budget doubles, at the plateau
     settings: dict = field(default_factory=lambda: {"batch_size": 16, "rescore_runs": 5, "selection_runs": 5})
     autoattack: bool = True  # AutoAttack 'standard' on the robust classifier (if torchattacks is installed)
@@ -439,7 +453,7 @@ def summarize(plan: CampaignPlan, seed: int, progress: dict | None = None) -> di
             if report is None:
                 continue
             robust = per_image_robust(report, defense)
-            study.append({"defense": defense, "shape": shape.name, "attack": shape.describe(),
+            study.append({"defense": defense, "shape": shape.name, "attack": shape.describe(purifies=True),
                           "budget": shape.budget, "ladder": shape in plan.ladder, "variant": shape in plan.variants,
                           "n": point.count, "robust": {k: sum(v) / len(v) for k, v in robust.items()},
                           "spent": report["gradient_evaluations_spent"].get(defense),

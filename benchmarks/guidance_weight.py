@@ -41,18 +41,15 @@ def weight_key(weight: float) -> str:
     return f"w{weight:g}"
 
 
-def settings_name(args) -> str:
-    early_stop = "-early_stop" if args.early_stop else ""
-    return (f"eps{args.eps:g}-steps{args.steps}-runs{args.restarts}+{args.targeted_restarts}t-eot{args.eot_samples}"
-            f"{early_stop}-k{args.rescore_runs}-seed{args.seed}")
+def settings_name(bench: AttackBench) -> str:
+    return f"{bench.shape_name()}-k{bench.args.rescore_runs}-seed{bench.args.seed}"
 
 
-def comparison_unit(args, start: int, end: int) -> dict | None:
+def comparison_unit(bench: AttackBench, start: int, end: int) -> dict | None:
     """Weight 0 is plain `apgd`: the very job (seeds, code, budget, scoring draws) attack_comparison.py runs as its
     "default" on latent guidance. Its saved unit for these images, if there is one, as a unit of this sweep."""
-    early_stop = "-early_stop" if args.early_stop else ""
-    pattern = (f"eps{args.eps:g}-steps{args.steps}-runs{args.restarts}+{args.targeted_restarts}t-eot{args.eot_samples}"
-               f"{early_stop}-plain_eot*-k{args.rescore_runs}-seed{args.seed}/latent-{start:05d}.json")
+    args = bench.args
+    pattern = f"{bench.shape_name()}-plain_eot*-k{args.rescore_runs}-seed{args.seed}/latent-{start:05d}.json"
     for path in sorted(args.comparison_dir.glob(pattern)) if args.comparison_dir.is_dir() else []:
         unit = json.loads(path.read_text())
         # Units saved before they named their pipeline were all measured on the embedded default.
@@ -67,7 +64,7 @@ def comparison_unit(args, start: int, end: int) -> dict | None:
 def run_unit(bench: AttackBench, weight: float, start: int) -> dict:
     end, images, labels = bench.batch(start)
     if weight == 0 and bench.args.comparison_dir is not None:
-        reused = comparison_unit(bench.args, start, end)
+        reused = comparison_unit(bench, start, end)
         if reused is not None:
             return reused
     config = dataclasses.replace(bench.config, guidance_weight=weight)
@@ -137,7 +134,7 @@ def main(argv=None):
         parser.error(f"--results_dir {args.results_dir} is not a folder")
     started = time.time()
     bench = AttackBench(args)
-    work = args.work_dir / settings_name(args)
+    work = args.work_dir / settings_name(bench)
     weights = {weight_key(w): w for w in dict.fromkeys(args.weights)}
     print(f"{bench.budget} gradient evaluations per image at most; units in {work}", flush=True)
     run_units(args, work, list(weights), lambda key, start: run_unit(bench, weights[key], start))
@@ -146,6 +143,7 @@ def main(argv=None):
                          for key in weights})
     print("\n".join(markdown_lines(summary)))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["effective"] = bench.effective()  # the runs as they ran on purifiers (`long_runs_on_purifiers`)
     write_results("guidance_weight", settings, summary, started, results_dir=args.results_dir)
 
 

@@ -215,7 +215,8 @@ def gradient_throughput(r) -> list[str]:
 def attack_comparison(r) -> list[str]:
     """The default attack against an independent full-budget APGD-style loop (attack_comparison.py), paired."""
     st = r["settings"]
-    budget = (f"default: {st['steps']} iterations x ({st['restarts']} + {st['targeted_restarts']} targeted) runs "
+    e = st.get("effective", st)  # the runs as they ran on purifiers, where recorded
+    budget = (f"default: {e['steps']} iterations x ({e['restarts']} + {e['targeted_restarts']} targeted) runs "
               f"x EOT {st['eot_samples']}, early stop {'on' if st.get('early_stop') else 'off'}; plain loop: EOT "
               f"{st['plain_eot']}, the same maximum number of gradient evaluations")
     rows, verdicts = [], []
@@ -252,9 +253,10 @@ def guidance_weight(r) -> list[str]:
     from guidance_weight import markdown_lines
 
     st = r["settings"]
+    e = st.get("effective", st)
     return ["## 8. The guidance-target weight of `apgd-guidance`", "", *_header(r),
             f"Latent guidance, Linf {st['eps']:g}, K = {st['rescore_runs']}, seed {st['seed']}; each weight runs "
-            f"`apgd-guidance` at {st['steps']} iterations x ({st['restarts']} + {st['targeted_restarts']} targeted) "
+            f"`apgd-guidance` at {e['steps']} iterations x ({e['restarts']} + {e['targeted_restarts']} targeted) "
             f"runs x EOT {st['eot_samples']}, early stop {'on' if st.get('early_stop') else 'off'}, the term "
             "normalised to the end-to-end gradient's dual norm (weight 0 = plain `apgd`). Clean-and-robust accuracy "
             "(%) on the same held-out images and scoring runs (lower = stronger attack).", "",

@@ -564,7 +564,8 @@ def test_autoattack_doubled_jobs_really_double_and_an_ignored_budget_fails_the_c
 def test_a_doubled_number_of_runs_really_doubles_even_past_the_classes():
     from diffusers_agdm.evaluation import EvaluationPlan
 
-    config = EvaluationConfig(defenses=("none",), restarts=1, targeted_restarts=3, **TINY)
+    config = EvaluationConfig(defenses=("none",), restarts=1, targeted_restarts=3, long_runs_on_purifiers=False,
+                              **TINY)
     config.validate()
     plan = EvaluationPlan(config, 4, ["none"], num_classes=CLASSES)  # at most 3 targeted runs with 4 classes
     job = plan.job("none", "apgd", 0)
@@ -574,6 +575,32 @@ def test_a_doubled_number_of_runs_really_doubles_even_past_the_classes():
     assert plan.doubled(job, "steps").steps == 2 * job.steps and plan.doubled(job, "eot").eot_samples == 2
     with pytest.raises(ValueError, match="no 'restarts'"):
         plan.doubled(plan.job("none", "pgd", 0), "restarts")
+
+
+def test_apgd_spends_the_targeted_runs_as_a_longer_run_on_purifiers_only():
+    from diffusers_agdm.evaluation import EvaluationPlan
+
+    config = EvaluationConfig(defenses=("undefended", "robust-classifier", "none", "latent"), steps=25, restarts=1,
+                              targeted_restarts=3, eot_samples=2)
+    config.validate()
+    plan = EvaluationPlan(config, 4, ["none", "latent"], num_classes=10)
+    shape = {d: (lambda j: (j.steps, j.restarts, j.targeted_restarts))(plan.job(d, "apgd", 0))
+             for d in config.defenses}
+    assert shape == {"undefended": (25, 1, 3), "robust-classifier": (25, 1, 3), "none": (100, 1, 0),
+                     "latent": (100, 1, 0)}
+    guided = plan.job("latent", "apgd-guidance", 0)
+    assert (guided.steps, guided.restarts, guided.targeted_restarts) == (100, 1, 0)
+    iterations = {d: plan.job(d, "apgd", 0).iterations for d in config.defenses}
+    assert set(iterations.values()) == {100}  # the same budget on every defense
+    doubled = plan.doubled(plan.job("none", "apgd", 0), "restarts")
+    assert (doubled.steps, doubled.restarts, doubled.targeted_restarts) == (100, 2, 0)
+    # Runs as set, on request; and a budget that does not divide is rounded up, never down.
+    as_set = EvaluationPlan(config.replace(long_runs_on_purifiers=False), 4, ["none"], num_classes=10)
+    job = as_set.job("none", "apgd", 0)
+    assert (job.steps, job.restarts, job.targeted_restarts) == (25, 1, 3)
+    odd = EvaluationPlan(config.replace(steps=5, restarts=2, targeted_restarts=3), 4, ["none"], num_classes=10)
+    job = odd.job("none", "apgd", 0)
+    assert (job.steps, job.restarts, job.targeted_restarts) == (13, 2, 0)
 
 
 def test_one_k_run_rule_for_numbers_tensors_and_rescored_predictions():

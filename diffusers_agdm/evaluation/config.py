@@ -49,6 +49,9 @@ class EvaluationConfig:
         step_size, random_start: PGD's fixed step (default `2.5 * eps / steps`) and random start (APGD adapts its
             step and always starts at random).
         guidance_weight: Weight of the guidance-target term of `apgd-guidance`.
+        long_runs_on_purifiers: On defenses that purify (random ones), APGD spends its targeted runs' budget as more
+            iterations of its untargeted run(s): 25 x (1 + 3 targeted) becomes one run of 100 (measured stronger
+            against purification at the same cost); deterministic defenses keep their targeted runs.
         early_stop: Stop APGD on images misclassified on all its selection draws (cheaper, weaker: off by default).
         gradient_checkpointing: Checkpoint the attacked defense per reverse step (default) or keep every step's
             activations: faster on CPU, more memory; the gradients are the same.
@@ -99,10 +102,9 @@ class EvaluationConfig:
     eps_grid: tuple[float, ...] = field(default=(), metadata={
         "help": "more eps values for the accuracy-vs-eps plot", "nargs": "*", "group": "threat"})
     # The default budget: 25 iterations x (1 untargeted + 3 targeted runs) x EOT 2 = 200 gradient evaluations per
-    # image, the old budget (50 x 4 x EOT 1) spent on EOT 2 instead of more iterations: at EOT 1 APGD's step-size rule
-    # reacts to one draw's noise, and on the embedded default an EOT-2 APGD-style loop with 160 evaluations left
-    # unguided purification at 37.5% (majority of 5, 16 images) where 50 x 4 x EOT 1 left 50.0%. Targeted runs stay:
-    # at 100 evaluations they leave the undefended default at 1.6% under L2 2.0 where untargeted ones leave 7.8%.
+    # image; on defenses that purify, one untargeted run of 100 iterations x EOT 2 (`long_runs_on_purifiers`). EOT 2:
+    # at EOT 1 APGD's step-size rule reacts to one draw's noise. Targeted runs stay on deterministic defenses: at 100
+    # evaluations they leave the undefended default at 1.6% under L2 2.0 where untargeted ones leave 7.8%.
     # A budget, not a plateau: benchmarks/campaign.py's convergence study is what says where robust accuracy stops
     # falling.
     steps: int = field(default=25, metadata={
@@ -110,6 +112,12 @@ class EvaluationConfig:
     restarts: int = field(default=1, metadata={"help": "untargeted APGD runs per image", "group": "threat"})
     targeted_restarts: int = field(default=3, metadata={
         "help": "APGD runs targeted at the next most likely classes (APGD-T)", "group": "threat"})
+    # Against purification, four runs of 25 iterations were weaker than one of 100 at the same cost (see
+    # `attacks_registry.apgd_runs`): on defenses that purify, the targeted runs' budget lengthens the untargeted run.
+    long_runs_on_purifiers: bool = field(default=True, metadata={
+        "help": "on defenses that purify (random ones), spend APGD's targeted runs as more iterations of the "
+                "untargeted run(s): 25 x (1 + 3 targeted) becomes 100 x 1 (measured stronger against purification); "
+                "deterministic defenses keep their targeted runs", "group": "threat"})
     eot_samples: int = field(default=2, metadata={"help": "defense runs averaged per gradient (EOT)",
                                                   "group": "threat"})
     eot_batch: int | None = field(default=None, metadata={

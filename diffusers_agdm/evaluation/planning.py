@@ -109,7 +109,7 @@ class EvaluationPlan:
         eps = float(cfg.eps if eps is None else eps)
         common = {"norm": norm or cfg.norm, "eps": eps}
         spec = attack_spec(attack)
-        budget = spec.budget(cfg)
+        budget = spec.budget(cfg, purifies=defense in GUIDANCE_OF)
         steps = budget["steps"] if steps is None else steps
         eot = budget["eot_samples"] if eot is None else eot
         if spec.family == "autoattack":

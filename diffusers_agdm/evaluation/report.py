@@ -69,6 +69,12 @@ def settings_summary(config, plan, pipeline, specs) -> dict:
                            "runs": spec.runs(job), "eot_samples": job.eot_samples,
                            "gradient_evaluations_per_image": spec.gradient_evaluations(job, plan.num_classes),
                            "gradient": spec.gradient}
+        # APGD's runs differ between deterministic and purifying defenses (`long_runs_on_purifiers`): name both.
+        purifier = next((d for d in plan.defenses if specs[d].purifies), None)
+        if purifier is not None:
+            other = plan.job(purifier, attack, config.seeds[0])
+            if spec.describe_budget(other) != budgets[attack]["budget"]:
+                budgets[attack]["budget_on_purifiers"] = spec.describe_budget(other)
     return {
         "threat_model": {"norm": config.norm, "eps": config.eps, "eps_grid": plan.curve_eps()},
         "attacks": list(config.attacks),
@@ -155,8 +161,11 @@ def budget_lines(report: dict) -> list[str]:
             continue
         used = sorted({round(by_attack[attack], 1) for by_attack in spent.values() if attack in by_attack})
         used_text = f"; spent {', '.join(f'{u:g}' for u in used)} per image" if used else ""
-        lines.append(f"- {ATTACK_TITLES[attack]}: {b['budget']} = {b['gradient_evaluations_per_image']} gradient "
-                     f"evaluations per image{'' if ATTACK_SPECS[attack].fixed_budget else ' (at most)'}{used_text}")
+        purifiers = (f" (on defenses that purify: {b['budget_on_purifiers']}, the targeted runs' budget spent as "
+                     "iterations of the untargeted run)") if "budget_on_purifiers" in b else ""
+        lines.append(f"- {ATTACK_TITLES[attack]}: {b['budget']}{purifiers} = {b['gradient_evaluations_per_image']} "
+                     f"gradient evaluations per image{'' if ATTACK_SPECS[attack].fixed_budget else ' (at most)'}"
+                     f"{used_text}")
     return lines
 
 
