@@ -254,7 +254,7 @@ def guidance_weight(r) -> list[str]:
 
     st = r["settings"]
     e = st.get("effective", st)
-    return ["## 8. The guidance-target weight of `apgd-guidance`", "", *_header(r),
+    return [f"## {SECTION_TITLES['guidance_weight']}", "", *_header(r),
             f"Latent guidance, Linf {st['eps']:g}, K = {st['rescore_runs']}, seed {st['seed']}; each weight runs "
             f"`apgd-guidance` at {e['steps']} iterations x ({e['restarts']} + {e['targeted_restarts']} targeted) "
             f"runs x EOT {st['eot_samples']}, early stop {'on' if st.get('early_stop') else 'off'}, the term "
@@ -293,7 +293,8 @@ def withdrawn(name: str, why: str) -> list[str]:
             f"`python benchmarks/{name}.py` to measure it again.", ""]
 
 
-SECTION_TITLES = {"steps_vs_robustness": "3. Steps against robustness", "robustness_table": "4. The robustness table"}
+SECTION_TITLES = {"steps_vs_robustness": "3. Steps against robustness", "robustness_table": "4. The robustness table",
+                  "guidance_weight": "8. The guidance-target weight of `apgd-guidance`"}
 
 
 def campaign(r) -> list[str]:
@@ -417,7 +418,8 @@ def main(argv=None):
         elif r and stale_reason(name, r):
             parts += withdrawn(name, stale_reason(name, r))
         else:
-            parts += render(r) if r else [f"## {name}", "", "Not measured yet.", ""]
+            parts += render(r) if r else [f"## {SECTION_TITLES.get(name, name)}", "",
+                                          f"Not measured yet (`python benchmarks/{name}.py`).", ""]
     extra = Path(__file__).resolve().parent / "NOTES.md"
     if extra.is_file():
         parts += [extra.read_text()]
