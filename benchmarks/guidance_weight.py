@@ -111,6 +111,10 @@ def markdown_lines(summary: dict) -> list[str]:
             for key, s in summary.items() if key != "strongest"]
     lines = [markdown_table(["guidance weight", "all K", "majority", "one run", "one run, mean of K",
                              "gradient evals / image", "attack CPU-s", "images"], rows)]
+    if "worst case over weights" in summary:
+        lines += ["", "The worst case over weights counts an image robust only if every weight left it correct on the "
+                      "same scoring runs: a minimum over those draws, biased towards the attacker (the evaluation's "
+                      "`worst-case` row picks one example per image on separate selection runs instead)."]
     if "strongest" in summary:
         lines += ["", f"Strongest weight (fewest images robust by majority, then all K, one run): "
                       f"**{summary['strongest']}**."]
