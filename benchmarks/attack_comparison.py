@@ -31,6 +31,7 @@ from attack_units import (  # noqa: E402
     add_common_arguments,
     check_common_arguments,
     clean_and_robust,
+    image_runs_robust,
     load_units,
     run_units,
 )
@@ -127,12 +128,11 @@ def summarize(units: list[dict]) -> dict:
     out["default_not_weaker"] = all(out["default"][s] <= out["plain"][s] for s in SCORES)
     # "One run" scores run 0 only, so on 32 images it rests on one draw per image. Each of the K runs is an equally
     # valid one-run trial: their mean estimates the same one-run accuracy with all the data, paired per image and run.
-    per_run = {m: [[int(c and a) for c, a in zip(clean_row, adv_row)] for unit in units
-                   for clean_row, adv_row in zip(unit["clean_correct"], unit[m]["correct"])] for m in robust}
-    for method, rows in per_run.items():
-        flat = [v for row in rows for v in row]
+    per_run = {m: [v for unit in units for v in image_runs_robust(unit["clean_correct"], unit[m]["correct"])]
+               for m in robust}
+    for method, flat in per_run.items():
         out[method]["per_run_mean"] = sum(flat) / max(1, len(flat))
-    pairs = [(d, p) for d_row, p_row in zip(per_run["default"], per_run["plain"]) for d, p in zip(d_row, p_row)]
+    pairs = list(zip(per_run["default"], per_run["plain"]))
     out["paired_image_runs"] = {"robust_to_default_broken_by_plain": sum(d and not p for d, p in pairs),
                                 "robust_to_plain_broken_by_default": sum(p and not d for d, p in pairs),
                                 "image_runs": len(pairs)}

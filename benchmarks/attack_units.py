@@ -140,6 +140,12 @@ def clean_and_robust(clean: list[list[int]], adversarial: list[list[int]]) -> di
             for kind in SCORES}
 
 
+def image_runs_robust(clean: list[list[int]], adversarial: list[list[int]]) -> list[int]:
+    """Per run and image (run-major, flat), 1 if clean-correct and attacked-correct in that run: each of the K runs
+    as a one-run trial, so their mean estimates the one-run score with all K runs' data."""
+    return [int(c and a) for clean_row, adv_row in zip(clean, adversarial) for c, a in zip(clean_row, adv_row)]
+
+
 def run_units(args, work: Path, keys: list[str], run_unit) -> None:
     """Run `run_unit(key, start)` for every key and chunk not saved yet, saving each unit atomically as it
     finishes and printing the CPU time still to go (mean per unit so far x units left)."""

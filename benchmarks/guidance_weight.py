@@ -27,6 +27,7 @@ from attack_units import (  # noqa: E402
     add_common_arguments,
     check_common_arguments,
     clean_and_robust,
+    image_runs_robust,
     load_units,
     run_units,
 )
@@ -84,8 +85,7 @@ def summarize(by_weight: dict) -> dict:
             for score in SCORES:
                 robust[score] += per_image[score]
         n = len(robust["all"])
-        image_runs = [int(c and a) for u in units for cr, ar in zip(u["clean_correct"], u["correct"])
-                      for c, a in zip(cr, ar)]
+        image_runs = [v for u in units for v in image_runs_robust(u["clean_correct"], u["correct"])]
         out[weight] = {score: sum(v) / n for score, v in robust.items()} | {
             "per_run_mean": sum(image_runs) / len(image_runs), "num_images": n,
             "mean_gradient_evaluations": sum(sum(u["gradient_evaluations"]) for u in units) / n,

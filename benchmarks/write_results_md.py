@@ -212,6 +212,12 @@ def gradient_throughput(r) -> list[str]:
             ""]
 
 
+# Sections 7 and 8 compare attacks with each other at the default budget; they are not robustness numbers.
+ATTACK_STUDY_CAVEAT = ("These compare attacks at one budget, not converged (section 0 and the campaign say where "
+                       "robust accuracy stops falling): the lower number is the stronger attack, not the defense's "
+                       "robustness.")
+
+
 def attack_comparison(r) -> list[str]:
     """The default attack against an independent full-budget APGD-style loop (attack_comparison.py), paired."""
     st = r["settings"]
@@ -240,7 +246,8 @@ def attack_comparison(r) -> list[str]:
                             f"{pr['robust_to_plain_broken_by_default']} of {pr['image_runs']}.")
     return ["## 7. The default attack against an independent loop", "", *_header(r),
             f"Linf {st['eps']:g}, K = {st['rescore_runs']}, seed {st['seed']}; {budget}. Clean-and-robust "
-            "accuracy (%) on the same held-out images and scoring runs (lower = stronger attack).", "",
+            f"accuracy (%) on the same held-out images and scoring runs (lower = stronger attack). "
+            f"{ATTACK_STUDY_CAVEAT}", "",
             markdown_table(["defense", "attack", "all K", "majority", "one run", "one run, mean of K",
                             "gradient evals / image",
                             "attack CPU-s (all units)", "images"], rows), "", *verdicts,
@@ -259,7 +266,7 @@ def guidance_weight(r) -> list[str]:
             f"`apgd-guidance` at {e['steps']} iterations x ({e['restarts']} + {e['targeted_restarts']} targeted) "
             f"runs x EOT {st['eot_samples']}, early stop {'on' if st.get('early_stop') else 'off'}, the term "
             "normalised to the end-to-end gradient's dual norm (weight 0 = plain `apgd`). Clean-and-robust accuracy "
-            "(%) on the same held-out images and scoring runs (lower = stronger attack).", "",
+            f"(%) on the same held-out images and scoring runs (lower = stronger attack). {ATTACK_STUDY_CAVEAT}", "",
             *markdown_lines(r["results"]), ""]
 
 
