@@ -22,6 +22,9 @@ from diffusers_agdm.evaluation.planning import EvaluationPlan
 from diffusers_agdm.evaluation.seeds import derive_seed
 from diffusers_agdm.utils.scores import SCORES
 
+# What `AttackBench.select` records per image (`UnitRunner.selection`): the worst case over attacks chooses on these.
+SELECTION = ("selection_wrong", "selection_loss")
+
 
 def add_common_arguments(parser, default_dir: Path, num_images: int = 32, chunk: int = 4) -> None:
     """The arguments every attack benchmark takes (budget overrides default to `agdm evaluate`'s)."""
@@ -124,6 +127,12 @@ class AttackBench:
         return adversarial, {"gradient_evaluations": stats.gradient_evaluations.tolist(),
                              "forward_evaluations": stats.forward_evaluations.tolist(), "attack_cpu_s": cpu}
 
+    def select(self, defense: str, adversarial, labels, start: int) -> dict:
+        """`agdm evaluate`'s selection records of these adversarial images (`UnitRunner.selection`: its draws, its
+        code), on which the per-image worst case over attacks chooses."""
+        scorer = self.specs[defense].build(self.pipe, seed=None)
+        return self.runner.selection(scorer, self.args.seed, adversarial, labels, start)
+
     def score(self, defense: str, images, labels, start: int) -> list[list[int]]:
         """(K, n) correct-or-not over K fresh defense runs, on draws every method shares (paired)."""
         scorer = self.specs[defense].build(self.pipe, seed=None)
@@ -146,12 +155,17 @@ def image_runs_robust(clean: list[list[int]], adversarial: list[list[int]]) -> l
     return [int(c and a) for clean_row, adv_row in zip(clean, adversarial) for c, a in zip(clean_row, adv_row)]
 
 
-def run_units(args, work: Path, keys: list[str], run_unit) -> None:
-    """Run `run_unit(key, start)` for every key and chunk not saved yet, saving each unit atomically as it
-    finishes and printing the CPU time still to go (mean per unit so far x units left)."""
+def run_units(args, work: Path, keys: list[str], run_unit, complete=None) -> None:
+    """Run `run_unit(key, start)` for every key and chunk not saved yet (or whose saved unit `complete(unit)` finds
+    lacking: it is recomputed and replaced), saving each unit atomically as it finishes and printing the CPU time
+    still to go (mean per unit so far x units left)."""
+    def done(key, start):
+        path = unit_path(work, key, start)
+        return path.exists() and (complete is None or complete(json.loads(path.read_text())))
+
     todo = [(key, start) for key in keys
             for start in range(args.start_index, args.start_index + args.num_images, args.chunk)]
-    todo = [(key, start) for key, start in todo if not unit_path(work, key, start).exists()]
+    todo = [(key, start) for key, start in todo if not done(key, start)]
     spent = []
     for index, (key, start) in enumerate(todo):
         began = time.process_time()

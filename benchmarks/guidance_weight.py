@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attack_units import (  # noqa: E402
     SCORES,
+    SELECTION,
     AttackBench,
     add_common_arguments,
     check_common_arguments,
@@ -33,6 +34,7 @@ from attack_units import (  # noqa: E402
 )
 
 from common import RESULTS_DIR, markdown_table, write_results  # noqa: E402
+from diffusers_agdm.evaluation.aggregation import ImageRecord, choose_worst  # noqa: E402
 
 WORK_DIR = RESULTS_DIR / "guidance_weight"
 COMPARISON_DIR = RESULTS_DIR / "attack_comparison"
@@ -53,11 +55,14 @@ def comparison_unit(bench: AttackBench, start: int, end: int) -> dict | None:
     pattern = f"{bench.shape_name()}-plain_eot*-k{args.rescore_runs}-seed{args.seed}/latent-{start:05d}.json"
     for path in sorted(args.comparison_dir.glob(pattern)) if args.comparison_dir.is_dir() else []:
         unit = json.loads(path.read_text())
-        # Units saved before they named their pipeline were all measured on the embedded default.
-        if unit["end"] == end and unit.get("pipeline") == (None if args.pipeline is None else str(args.pipeline)):
+        # Units saved before they named their pipeline were all measured on the embedded default; units saved
+        # before they kept selection records cannot enter the worst case (recomputed here instead).
+        if (unit["end"] == end and unit.get("pipeline") == (None if args.pipeline is None else str(args.pipeline))
+                and complete(unit["default"])):
             return {"weight": 0.0, "start": start, "end": end, "labels": unit["labels"],
-                    "clean_correct": unit["clean_correct"], "correct": unit["default"]["correct"],
-                    **{k: unit["default"][k] for k in ("gradient_evaluations", "forward_evaluations", "attack_cpu_s")},
+                    "clean_correct": unit["clean_correct"],
+                    **{k: unit["default"][k] for k in ("correct", *SELECTION, "gradient_evaluations",
+                                                       "forward_evaluations", "attack_cpu_s")},
                     "from": str(path.relative_to(args.comparison_dir))}
     return None
 
@@ -73,51 +78,115 @@ def run_unit(bench: AttackBench, weight: float, start: int) -> dict:
     adversarial, cost = bench.default_attack("latent", attack, images, labels, start, config=config)
     return {"weight": weight, "start": start, "end": end, "labels": labels.tolist(),
             "clean_correct": bench.score("latent", images, labels, start),
-            "correct": bench.score("latent", adversarial, labels, start), **cost}
+            "correct": bench.score("latent", adversarial, labels, start),
+            **bench.select("latent", adversarial, labels, start), **cost}
+
+
+def complete(unit: dict) -> bool:
+    """A unit can enter the worst case only with its selection records (units saved before them are recomputed:
+    same seeds, same adversarial images)."""
+    return all(key in unit for key in SELECTION)
+
+
+def worst_case_with_plain(plain: list[dict], guided: list[dict]) -> dict:
+    """`agdm evaluate`'s `worst-case` row over `apgd` (weight 0) and `apgd-guidance` at one weight: per image, the
+    example misclassified on more selection runs (`aggregation.choose_worst`, ties to `apgd`), scored on the K
+    scoring runs it shares with every weight. Per image, the chosen unit's scoring record."""
+    clean, chosen = [], []
+    for a, b in zip(plain, guided):
+        if (a["start"], a["end"]) != (b["start"], b["end"]):
+            raise SystemExit("the weights' units cover different images")
+        for i in range(a["end"] - a["start"]):
+            records = [ImageRecord(correct_runs=0, run0_correct=False, prediction=-1,
+                                   selection_wrong=u["selection_wrong"][i], selection_loss=u["selection_loss"][i],
+                                   attack=key) for key, u in (("plain", a), ("guided", b))]
+            pick = a if choose_worst(records).attack == "plain" else b
+            clean.append([run[i] for run in a["clean_correct"]])
+            chosen.append([run[i] for run in pick["correct"]])
+    # Back to (K, n) matrices, the layout the scoring helpers read.
+    return score_units([{"clean_correct": list(map(list, zip(*clean))), "correct": list(map(list, zip(*chosen)))}])
+
+
+def score_units(units: list[dict]) -> dict:
+    """Clean-and-robust fractions (all K / majority / one run / one run as the mean over K) over `units`."""
+    robust = {s: [] for s in SCORES}
+    for unit in units:
+        per_image = clean_and_robust(unit["clean_correct"], unit["correct"])
+        for score in SCORES:
+            robust[score] += per_image[score]
+    n = len(robust["all"])
+    image_runs = [v for u in units for v in image_runs_robust(u["clean_correct"], u["correct"])]
+    return {score: sum(v) / n for score, v in robust.items()} | {
+        "per_run_mean": sum(image_runs) / len(image_runs), "num_images": n, "robust": robust}
 
 
 def summarize(by_weight: dict) -> dict:
     out, worst = {}, None
     for weight, units in by_weight.items():
-        robust = {s: [] for s in SCORES}
-        for unit in units:
-            per_image = clean_and_robust(unit["clean_correct"], unit["correct"])
-            for score in SCORES:
-                robust[score] += per_image[score]
-        n = len(robust["all"])
-        image_runs = [v for u in units for v in image_runs_robust(u["clean_correct"], u["correct"])]
-        out[weight] = {score: sum(v) / n for score, v in robust.items()} | {
-            "per_run_mean": sum(image_runs) / len(image_runs), "num_images": n,
-            "mean_gradient_evaluations": sum(sum(u["gradient_evaluations"]) for u in units) / n,
+        scored = score_units(units)
+        robust = scored.pop("robust")
+        out[weight] = scored | {
+            "mean_gradient_evaluations": sum(sum(u["gradient_evaluations"]) for u in units) / scored["num_images"],
             "attack_cpu_s": round(sum(u["attack_cpu_s"] for u in units), 1)}
         # Units of every weight share their images and scoring draws: robust only if no weight broke the image.
         worst = robust if worst is None else {s: [a and b for a, b in zip(worst[s], robust[s])] for s in SCORES}
+    plain = by_weight.get(weight_key(0.0))
+    if plain and all(complete(u) for u in plain):
+        for weight, units in by_weight.items():
+            if weight != weight_key(0.0) and units and all(complete(u) for u in units):
+                rows = worst_case_with_plain(plain, units)
+                rows.pop("robust")
+                out[weight]["worst_case_with_apgd"] = rows
     if out:
         # The strongest weight leaves the fewest images robust by majority (then all K, one run, the per-run mean).
-        out["strongest"] = min(out, key=lambda k: (out[k]["majority"], out[k]["all"], out[k]["single"],
-                                                   out[k]["per_run_mean"]))
+        out["strongest"] = min(out, key=lambda k: rank(out[k]))
+        combined = [k for k in out if k != "strongest" and "worst_case_with_apgd" in out[k]]
+        if combined:
+            # The weight to make the default: the lowest `worst-case` row beside `apgd` (what `agdm evaluate` reports).
+            out["strongest_worst_case"] = min(combined, key=lambda k: rank(out[k]["worst_case_with_apgd"]))
     if worst is not None:
         out["worst case over weights"] = {s: sum(v) / len(v) for s, v in worst.items()} | {"num_images": len(
             worst["all"])}
     return out
 
 
+def rank(scores: dict) -> tuple:
+    """Lower = stronger attack: majority first, then all K, one run and the per-run mean."""
+    return scores["majority"], scores["all"], scores["single"], scores.get("per_run_mean", 0.0)
+
+
 def markdown_lines(summary: dict) -> list[str]:
-    """The sweep as a table (clean-and-robust %, lower = stronger attack) and the strongest weight."""
-    rows = [[key, *(f"{100 * s[score]:.1f}" for score in SCORES),
-             f"{100 * s['per_run_mean']:.1f}" if "per_run_mean" in s else "-",
-             f"{s['mean_gradient_evaluations']:.0f}" if "mean_gradient_evaluations" in s else "-",
+    """The sweep as a table (clean-and-robust %, lower = stronger attack), the worst case beside `apgd` per weight
+    and the strongest weight."""
+    def cells(s):
+        return [*(f"{100 * s[score]:.1f}" for score in SCORES),
+                f"{100 * s['per_run_mean']:.1f}" if "per_run_mean" in s else "-"]
+
+    weights = [key for key in summary if key not in ("strongest", "strongest_worst_case")]
+    rows = [[key, *cells(s), f"{s['mean_gradient_evaluations']:.0f}" if "mean_gradient_evaluations" in s else "-",
              f"{s['attack_cpu_s']:.0f}" if "attack_cpu_s" in s else "-", str(s["num_images"])]
-            for key, s in summary.items() if key != "strongest"]
+            for key, s in ((k, summary[k]) for k in weights)]
     lines = [markdown_table(["guidance weight", "all K", "majority", "one run", "one run, mean of K",
                              "gradient evals / image", "attack CPU-s", "images"], rows)]
     if "worst case over weights" in summary:
         lines += ["", "The worst case over weights counts an image robust only if every weight left it correct on the "
                       "same scoring runs: a minimum over those draws, biased towards the attacker (the evaluation's "
                       "`worst-case` row picks one example per image on separate selection runs instead)."]
+    combined = [[f"apgd + apgd-guidance {key}", *cells(summary[key]["worst_case_with_apgd"]),
+                 str(summary[key]["worst_case_with_apgd"]["num_images"])]
+                for key in weights if "worst_case_with_apgd" in summary[key]]
+    if combined:
+        lines += ["", "The `worst-case` row `agdm evaluate` reports with `--attacks apgd apgd-guidance`, per weight: "
+                      "per image, the example misclassified on more of the selection runs (fresh draws, apart from "
+                      "the scoring runs), then scored:", "",
+                  markdown_table(["worst case over", "all K", "majority", "one run", "one run, mean of K", "images"],
+                                 combined)]
     if "strongest" in summary:
-        lines += ["", f"Strongest weight (fewest images robust by majority, then all K, one run): "
+        lines += ["", f"Strongest weight alone (fewest images robust by majority, then all K, one run): "
                       f"**{summary['strongest']}**."]
+    if "strongest_worst_case" in summary:
+        lines += [f"Strongest weight beside `apgd` (lowest `worst-case` row, same order): "
+                  f"**{summary['strongest_worst_case']}**."]
     return lines
 
 
@@ -141,7 +210,7 @@ def main(argv=None):
     work = args.work_dir / settings_name(bench)
     weights = {weight_key(w): w for w in dict.fromkeys(args.weights)}
     print(f"{bench.budget} gradient evaluations per image at most; units in {work}", flush=True)
-    run_units(args, work, list(weights), lambda key, start: run_unit(bench, weights[key], start))
+    run_units(args, work, list(weights), lambda key, start: run_unit(bench, weights[key], start), complete=complete)
     summary = summarize({key: [u for u in load_units(work, key)
                                if args.start_index <= u["start"] < args.start_index + args.num_images]
                          for key in weights})

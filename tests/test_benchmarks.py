@@ -319,9 +319,18 @@ def test_guidance_weight_sweep_scores_every_weight_and_the_worst_case(mnist_pipe
                  "--targeted_restarts", "1", "--rescore_runs", "2", "--weights", "0", "1",
                  "--work_dir", str(tmp_path / "units"), "--results_dir", str(tmp_path)])
     result = json.loads((tmp_path / "guidance_weight.json").read_text())["results"]
-    assert set(result) == {"w0", "w1", "worst case over weights", "strongest"}
+    assert set(result) == {"w0", "w1", "worst case over weights", "strongest", "strongest_worst_case"}
     for score in ("all", "majority", "single"):
         assert result["worst case over weights"][score] <= min(result["w0"][score], result["w1"][score])
+    # The `worst-case` row beside `apgd`: per image, the example misclassified on more selection runs, then scored.
+    (settings,) = (tmp_path / "units").iterdir()
+    plain, guided = (json.loads((settings / f"{key}-00000.json").read_text()) for key in ("w0", "w1"))
+    pick = guided if (guided["selection_wrong"][0], guided["selection_loss"][0]) > (
+        plain["selection_wrong"][0], plain["selection_loss"][0]) else plain
+    expected = module.score_units([{"clean_correct": plain["clean_correct"], "correct": pick["correct"]}])
+    assert {k: result["w1"]["worst_case_with_apgd"][k] for k in ("all", "majority", "single")} == {
+        k: expected[k] for k in ("all", "majority", "single")}
+    assert result["strongest_worst_case"] == "w1" and "worst_case_with_apgd" not in result["w0"]
     key = lambda w: (result[w]["majority"], result[w]["all"], result[w]["single"], result[w]["per_run_mean"])  # noqa
     assert result["strongest"] == min(("w0", "w1"), key=key)
     assert "CPU-min left" in capsys.readouterr().out
@@ -329,6 +338,7 @@ def test_guidance_weight_sweep_scores_every_weight_and_the_worst_case(mnist_pipe
         json.loads((tmp_path / "guidance_weight.json").read_text())))
     assert "## 8. The guidance-target weight" in rendered and f"**{result['strongest']}**" in rendered
     assert f"| w1 | {100 * result['w1']['all']:.1f} |" in rendered
+    assert f"| apgd + apgd-guidance w1 | {100 * result['w1']['worst_case_with_apgd']['all']:.1f} |" in rendered
 
 
 def test_guidance_weight_zero_reuses_the_comparisons_identical_job(mnist_pipeline, tmp_path):

@@ -93,15 +93,21 @@ class UnitRunner:
             "predictions": scored.predictions[0].tolist(),
         }
         if job.attack != "clean":
-            # The same selection draws for every attack of a chunk (paired), apart from the scoring draws.
-            selected = rescore(scorer, evaluated, labels, self.config.selection_runs,
-                               seed=derive_seed(job.seed, "selection", unit.start), losses=True)
-            output |= {"selection_wrong": (selected.runs - selected.correct_runs).tolist(),
-                       "selection_loss": selected.losses.mean(0).tolist(), "gradient_evaluations": spent}
+            output |= self.selection(scorer, job.seed, evaluated, labels, unit.start)
+            output["gradient_evaluations"] = spent
         output["seconds"] = time.perf_counter() - began
         if wants_examples:
             output["examples"] = self.examples(spec, scorer, rescore_seed, images, labels, evaluated)
         return output
+
+    def selection(self, scorer, seed: int, adversarial, labels, start: int) -> dict:
+        """Per image, on how many of `selection_runs` fresh defense runs `adversarial` was misclassified and its mean
+        margin loss there: what the per-image worst case over attacks chooses on (`aggregation.choose_worst`). The
+        same draws for every attack of a chunk (paired), apart from the attack's and the scoring draws."""
+        selected = rescore(scorer, adversarial, labels, self.config.selection_runs,
+                           seed=derive_seed(seed, "selection", start), losses=True)
+        return {"selection_wrong": (selected.runs - selected.correct_runs).tolist(),
+                "selection_loss": selected.losses.mean(0).tolist()}
 
     @staticmethod
     def check_within_budget(job: Job, images, adversarial) -> None:
