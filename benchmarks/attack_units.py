@@ -20,6 +20,7 @@ from diffusers_agdm.evaluation import EvaluationConfig, defense_specs
 from diffusers_agdm.evaluation.execution import UnitRunner
 from diffusers_agdm.evaluation.planning import EvaluationPlan
 from diffusers_agdm.evaluation.seeds import derive_seed
+from diffusers_agdm.utils.io import atomic_write_bytes
 from diffusers_agdm.utils.scores import SCORES
 
 # What `AttackBench.select` records per image (`UnitRunner.selection`): the worst case over attacks chooses on these.
@@ -127,11 +128,12 @@ class AttackBench:
         return adversarial, {"gradient_evaluations": stats.gradient_evaluations.tolist(),
                              "forward_evaluations": stats.forward_evaluations.tolist(), "attack_cpu_s": cpu}
 
-    def select(self, defense: str, adversarial, labels, start: int) -> dict:
+    def select(self, defense: str, adversarial, labels, start: int, runs: int | None = None) -> dict:
         """`agdm evaluate`'s selection records of these adversarial images (`UnitRunner.selection`: its draws, its
-        code), on which the per-image worst case over attacks chooses."""
+        code; `runs` draws instead of its `selection_runs`), on which the per-image worst case over attacks
+        chooses."""
         scorer = self.specs[defense].build(self.pipe, seed=None)
-        return self.runner.selection(scorer, self.args.seed, adversarial, labels, start)
+        return self.runner.selection(scorer, self.args.seed, adversarial, labels, start, runs=runs)
 
     def score(self, defense: str, images, labels, start: int) -> list[list[int]]:
         """(K, n) correct-or-not over K fresh defense runs, on draws every method shares (paired)."""
@@ -181,6 +183,24 @@ def run_units(args, work: Path, keys: list[str], run_unit, complete=None) -> Non
 
 def unit_path(work: Path, key: str, start: int) -> Path:
     return Path(work) / f"{key}-{start:05d}.json"
+
+
+def examples_path(work: Path, key: str, start: int) -> Path:
+    """Where a unit's adversarial images are kept (safetensors, beside its JSON), for analyses that need no attack."""
+    return unit_path(work, key, start).with_suffix(".safetensors")
+
+
+def save_examples(work: Path, key: str, start: int, adversarial) -> None:
+    from safetensors.torch import save
+
+    examples_path(work, key, start).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(examples_path(work, key, start), save({"adversarial": adversarial.detach().cpu().contiguous()}))
+
+
+def load_examples(work: Path, key: str, start: int):
+    from safetensors.torch import load_file
+
+    return load_file(examples_path(work, key, start))["adversarial"]
 
 
 def load_units(work: Path, key: str) -> list[dict]:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attack_units import (  # noqa: E402
     SCORES,
@@ -28,9 +30,13 @@ from attack_units import (  # noqa: E402
     add_common_arguments,
     check_common_arguments,
     clean_and_robust,
+    examples_path,
     image_runs_robust,
+    load_examples,
     load_units,
     run_units,
+    save_examples,
+    unit_path,
 )
 
 from common import RESULTS_DIR, markdown_table, write_results  # noqa: E402
@@ -67,25 +73,67 @@ def comparison_unit(bench: AttackBench, start: int, end: int) -> dict | None:
     return None
 
 
-def run_unit(bench: AttackBench, weight: float, start: int) -> dict:
+def run_unit(bench: AttackBench, work: Path, weight: float, start: int) -> dict:
     end, images, labels = bench.batch(start)
-    if weight == 0 and bench.args.comparison_dir is not None:
+    if weight == 0 and bench.args.comparison_dir is not None and not bench.args.keep_examples:
         reused = comparison_unit(bench, start, end)
         if reused is not None:
             return reused
     config = dataclasses.replace(bench.config, guidance_weight=weight)
     attack = "apgd-guidance" if weight > 0 else "apgd"
     adversarial, cost = bench.default_attack("latent", attack, images, labels, start, config=config)
-    return {"weight": weight, "start": start, "end": end, "labels": labels.tolist(),
+    unit = {"weight": weight, "start": start, "end": end, "labels": labels.tolist(),
             "clean_correct": bench.score("latent", images, labels, start),
             "correct": bench.score("latent", adversarial, labels, start),
             **bench.select("latent", adversarial, labels, start), **cost}
+    saved = unit_path(work, weight_key(weight), start)
+    if saved.exists():
+        # Recomputed (for records or examples it lacked): it must be the same work, to the last scoring run.
+        old = json.loads(saved.read_text())
+        if any(old.get(key, unit[key]) != unit[key] for key in ("labels", "clean_correct", "correct", *SELECTION)):
+            raise SystemExit(f"{saved}: recomputing it gave other results; not replacing it")
+    if bench.args.keep_examples:
+        save_examples(work, weight_key(weight), start, adversarial)
+    return unit
 
 
 def complete(unit: dict) -> bool:
     """A unit can enter the worst case only with its selection records (units saved before them are recomputed:
     same seeds, same adversarial images)."""
     return all(key in unit for key in SELECTION)
+
+
+def has_examples(work: Path, unit: dict) -> bool:
+    return examples_path(work, weight_key(unit["weight"]), unit["start"]).exists()
+
+
+def selection_study(bench: AttackBench, work: Path, by_weight: dict, runs: list[int]) -> dict:
+    """The `worst-case` row beside `apgd` per weight, chosen on `runs` selection runs instead of the evaluation's
+    `selection_runs`: does choosing on more draws make the row stronger? Re-judges the kept adversarial images
+    (no attack is rerun); the first `selection_runs` draws are the evaluation's own."""
+    plain_key = weight_key(0.0)
+    keys = [k for k, units in by_weight.items()
+            if units and all(has_examples(work, u) for u in units) and k != plain_key]
+    if not keys or not by_weight.get(plain_key) or not all(has_examples(work, u) for u in by_weight[plain_key]):
+        return {}
+
+    def rejudged(key, n):
+        out = []
+        for unit in by_weight[key]:
+            labels = torch.tensor(unit["labels"], device=bench.device)
+            adversarial = load_examples(work, key, unit["start"]).to(bench.device)
+            out.append(unit | bench.select("latent", adversarial, labels, unit["start"], runs=n))
+        return out
+
+    study = {}
+    for n in runs:
+        plain = rejudged(plain_key, n)
+        study[str(n)] = {}
+        for key in keys:
+            rows = worst_case_with_plain(plain, rejudged(key, n))
+            rows.pop("robust")
+            study[str(n)][key] = rows
+    return study
 
 
 def worst_case_with_plain(plain: list[dict], guided: list[dict]) -> dict:
@@ -162,7 +210,7 @@ def markdown_lines(summary: dict) -> list[str]:
         return [*(f"{100 * s[score]:.1f}" for score in SCORES),
                 f"{100 * s['per_run_mean']:.1f}" if "per_run_mean" in s else "-"]
 
-    weights = [key for key in summary if key not in ("strongest", "strongest_worst_case")]
+    weights = [key for key in summary if key not in ("strongest", "strongest_worst_case", "selection_study")]
     rows = [[key, *cells(s), f"{s['mean_gradient_evaluations']:.0f}" if "mean_gradient_evaluations" in s else "-",
              f"{s['attack_cpu_s']:.0f}" if "attack_cpu_s" in s else "-", str(s["num_images"])]
             for key, s in ((k, summary[k]) for k in weights)]
@@ -181,6 +229,14 @@ def markdown_lines(summary: dict) -> list[str]:
                       "the scoring runs), then scored:", "",
                   markdown_table(["worst case over", "all K", "majority", "one run", "one run, mean of K", "images"],
                                  combined)]
+    study = summary.get("selection_study") or {}
+    if study:
+        rows = [[f"apgd + apgd-guidance {key}", n, *cells(row), str(row["num_images"])]
+                for n, per_weight in study.items() for key, row in per_weight.items()]
+        lines += ["", "The same `worst-case` rows chosen on more selection runs (the kept adversarial images judged "
+                      "again; the first runs are the evaluation's own):", "",
+                  markdown_table(["worst case over", "selection runs", "all K", "majority", "one run",
+                                  "one run, mean of K", "images"], rows)]
     if "strongest" in summary:
         lines += ["", f"Strongest weight alone (fewest images robust by majority, then all K, one run): "
                       f"**{summary['strongest']}**."]
@@ -199,10 +255,17 @@ def main(argv=None):
                         help="attack_comparison.py's units: weight 0's are read from there when saved (the same job)")
     parser.add_argument("--no_reuse", dest="comparison_dir", action="store_const", const=None,
                         help="compute weight 0 here even if attack_comparison.py saved it")
+    parser.add_argument("--keep_examples", action="store_true",
+                        help="keep each unit's adversarial images (safetensors beside it; units without them are "
+                             "recomputed and checked to be the same work)")
+    parser.add_argument("--selection_study", type=int, nargs="*", default=[],
+                        help="also choose the worst case on these numbers of selection runs (kept examples only)")
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
     if any(not w >= 0 for w in args.weights):
         parser.error("--weights must be >= 0")
+    if any(n < 1 for n in args.selection_study):
+        parser.error("--selection_study must be >= 1")
     if args.results_dir.exists() and not args.results_dir.is_dir():
         parser.error(f"--results_dir {args.results_dir} is not a folder")
     started = time.time()
@@ -210,10 +273,13 @@ def main(argv=None):
     work = args.work_dir / settings_name(bench)
     weights = {weight_key(w): w for w in dict.fromkeys(args.weights)}
     print(f"{bench.budget} gradient evaluations per image at most; units in {work}", flush=True)
-    run_units(args, work, list(weights), lambda key, start: run_unit(bench, weights[key], start), complete=complete)
-    summary = summarize({key: [u for u in load_units(work, key)
-                               if args.start_index <= u["start"] < args.start_index + args.num_images]
-                         for key in weights})
+    run_units(args, work, list(weights), lambda key, start: run_unit(bench, work, weights[key], start),
+              complete=lambda unit: complete(unit) and (not args.keep_examples or has_examples(work, unit)))
+    by_weight = {key: [u for u in load_units(work, key)
+                       if args.start_index <= u["start"] < args.start_index + args.num_images] for key in weights}
+    summary = summarize(by_weight)
+    if args.selection_study:
+        summary["selection_study"] = selection_study(bench, work, by_weight, args.selection_study)
     print("\n".join(markdown_lines(summary)))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["effective"] = bench.effective()  # the runs as they ran on purifiers (`long_runs_on_purifiers`)

@@ -100,12 +100,13 @@ class UnitRunner:
             output["examples"] = self.examples(spec, scorer, rescore_seed, images, labels, evaluated)
         return output
 
-    def selection(self, scorer, seed: int, adversarial, labels, start: int) -> dict:
-        """Per image, on how many of `selection_runs` fresh defense runs `adversarial` was misclassified and its mean
-        margin loss there: what the per-image worst case over attacks chooses on (`aggregation.choose_worst`). The
-        same draws for every attack of a chunk (paired), apart from the attack's and the scoring draws."""
-        selected = rescore(scorer, adversarial, labels, self.config.selection_runs,
-                           seed=derive_seed(seed, "selection", start), losses=True)
+    def selection(self, scorer, seed: int, adversarial, labels, start: int, runs: int | None = None) -> dict:
+        """Per image, on how many of `selection_runs` (or `runs`) fresh defense runs `adversarial` was misclassified
+        and its mean margin loss there: what the per-image worst case over attacks chooses on
+        (`aggregation.choose_worst`). The same draws for every attack of a chunk (paired), apart from the attack's
+        and the scoring draws; more runs extend the same stream (the first `selection_runs` are the same draws)."""
+        runs = self.config.selection_runs if runs is None else runs
+        selected = rescore(scorer, adversarial, labels, runs, seed=derive_seed(seed, "selection", start), losses=True)
         return {"selection_wrong": (selected.runs - selected.correct_runs).tolist(),
                 "selection_loss": selected.losses.mean(0).tolist()}
 
