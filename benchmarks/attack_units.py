@@ -40,6 +40,8 @@ def add_common_arguments(parser, default_dir: Path, num_images: int = 32, chunk:
     parser.add_argument("--targeted_restarts", type=int, default=defaults.targeted_restarts)
     parser.add_argument("--eot_samples", type=int, default=defaults.eot_samples)
     parser.add_argument("--rescore_runs", type=int, default=defaults.rescore_runs, help="K")
+    parser.add_argument("--selection_runs", type=int, default=defaults.selection_runs,
+                        help="fresh defense runs the worst case over attacks chooses on")
     parser.add_argument("--early_stop", action=argparse.BooleanOptionalAction, default=defaults.early_stop,
                         help="the default attack stops on images broken on all its selection draws")
     parser.add_argument("--long_runs_on_purifiers", action=argparse.BooleanOptionalAction,
@@ -54,7 +56,7 @@ def add_common_arguments(parser, default_dir: Path, num_images: int = 32, chunk:
 
 
 def check_common_arguments(parser, args) -> None:
-    for name in ("num_images", "chunk", "steps", "eot_samples", "rescore_runs", "restarts"):
+    for name in ("num_images", "chunk", "steps", "eot_samples", "rescore_runs", "selection_runs", "restarts"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     if args.targeted_restarts < 0 or args.start_index < 0 or not args.eps > 0:
@@ -78,6 +80,7 @@ class AttackBench:
         self.config = dataclasses.replace(
             EvaluationConfig(), eps=args.eps, steps=args.steps, restarts=args.restarts,
             targeted_restarts=args.targeted_restarts, eot_samples=args.eot_samples, rescore_runs=args.rescore_runs,
+            selection_runs=args.selection_runs,
             early_stop=args.early_stop, gradient_checkpointing=args.gradient_checkpointing, show_progress_bar=False,
             long_runs_on_purifiers=args.long_runs_on_purifiers, **config_overrides)
         self.config.validate()
@@ -133,7 +136,9 @@ class AttackBench:
         code; `runs` draws instead of its `selection_runs`), on which the per-image worst case over attacks
         chooses."""
         scorer = self.specs[defense].build(self.pipe, seed=None)
-        return self.runner.selection(scorer, self.args.seed, adversarial, labels, start, runs=runs)
+        runs = self.config.selection_runs if runs is None else runs
+        return self.runner.selection(scorer, self.args.seed, adversarial, labels, start, runs=runs) | {
+            "selection_runs": runs}
 
     def score(self, defense: str, images, labels, start: int) -> list[list[int]]:
         """(K, n) correct-or-not over K fresh defense runs, on draws every method shares (paired)."""

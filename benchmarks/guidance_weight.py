@@ -64,10 +64,10 @@ def comparison_unit(bench: AttackBench, start: int, end: int) -> dict | None:
         # Units saved before they named their pipeline were all measured on the embedded default; units saved
         # before they kept selection records cannot enter the worst case (recomputed here instead).
         if (unit["end"] == end and unit.get("pipeline") == (None if args.pipeline is None else str(args.pipeline))
-                and complete(unit["default"])):
+                and complete(unit["default"], bench.config.selection_runs)):
             return {"weight": 0.0, "start": start, "end": end, "labels": unit["labels"],
                     "clean_correct": unit["clean_correct"],
-                    **{k: unit["default"][k] for k in ("correct", *SELECTION, "gradient_evaluations",
+                    **{k: unit["default"][k] for k in ("correct", *SELECTION, "selection_runs", "gradient_evaluations",
                                                        "forward_evaluations", "attack_cpu_s")},
                     "from": str(path.relative_to(args.comparison_dir))}
     return None
@@ -75,6 +75,11 @@ def comparison_unit(bench: AttackBench, start: int, end: int) -> dict | None:
 
 def run_unit(bench: AttackBench, work: Path, weight: float, start: int) -> dict:
     end, images, labels = bench.batch(start)
+    saved = unit_path(work, weight_key(weight), start)
+    if saved.exists() and examples_path(work, weight_key(weight), start).exists():
+        # Only the selection records are missing or on another number of runs: judge the kept images again.
+        return json.loads(saved.read_text()) | bench.select(
+            "latent", load_examples(work, weight_key(weight), start).to(bench.device), labels, start)
     if weight == 0 and bench.args.comparison_dir is not None and not bench.args.keep_examples:
         reused = comparison_unit(bench, start, end)
         if reused is not None:
@@ -86,21 +91,22 @@ def run_unit(bench: AttackBench, work: Path, weight: float, start: int) -> dict:
             "clean_correct": bench.score("latent", images, labels, start),
             "correct": bench.score("latent", adversarial, labels, start),
             **bench.select("latent", adversarial, labels, start), **cost}
-    saved = unit_path(work, weight_key(weight), start)
     if saved.exists():
         # Recomputed (for records or examples it lacked): it must be the same work, to the last scoring run.
         old = json.loads(saved.read_text())
-        if any(old.get(key, unit[key]) != unit[key] for key in ("labels", "clean_correct", "correct", *SELECTION)):
+        same_selection = SELECTION if old.get("selection_runs") == unit["selection_runs"] else ()
+        if any(old.get(key, unit[key]) != unit[key] for key in ("labels", "clean_correct", "correct",
+                                                                *same_selection)):
             raise SystemExit(f"{saved}: recomputing it gave other results; not replacing it")
     if bench.args.keep_examples:
         save_examples(work, weight_key(weight), start, adversarial)
     return unit
 
 
-def complete(unit: dict) -> bool:
-    """A unit can enter the worst case only with its selection records (units saved before them are recomputed:
-    same seeds, same adversarial images)."""
-    return all(key in unit for key in SELECTION)
+def complete(unit: dict, selection_runs: int | None = None) -> bool:
+    """A unit can enter the worst case only with its selection records, on `selection_runs` runs when given (units
+    without them are recomputed: same seeds, same adversarial images)."""
+    return all(key in unit for key in SELECTION) and selection_runs in (None, unit.get("selection_runs"))
 
 
 def has_examples(work: Path, unit: dict) -> bool:
@@ -274,7 +280,8 @@ def main(argv=None):
     weights = {weight_key(w): w for w in dict.fromkeys(args.weights)}
     print(f"{bench.budget} gradient evaluations per image at most; units in {work}", flush=True)
     run_units(args, work, list(weights), lambda key, start: run_unit(bench, work, weights[key], start),
-              complete=lambda unit: complete(unit) and (not args.keep_examples or has_examples(work, unit)))
+              complete=lambda unit: complete(unit, args.selection_runs) and (not args.keep_examples
+                                                                            or has_examples(work, unit)))
     by_weight = {key: [u for u in load_units(work, key)
                        if args.start_index <= u["start"] < args.start_index + args.num_images] for key in weights}
     summary = summarize(by_weight)

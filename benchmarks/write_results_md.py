@@ -264,7 +264,8 @@ def guidance_weight(r) -> list[str]:
     return [f"## {SECTION_TITLES['guidance_weight']}", "", *_header(r),
             f"Latent guidance, Linf {st['eps']:g}, K = {st['rescore_runs']}, seed {st['seed']}; each weight runs "
             f"`apgd-guidance` at {e['steps']} iterations x ({e['restarts']} + {e['targeted_restarts']} targeted) "
-            f"runs x EOT {st['eot_samples']}, early stop {'on' if st.get('early_stop') else 'off'}, the term "
+            f"runs x EOT {st['eot_samples']}, early stop {'on' if st.get('early_stop') else 'off'}, "
+            f"{st.get('selection_runs', 5)} selection runs for the worst case, the term "
             "normalised to the end-to-end gradient's dual norm (weight 0 = plain `apgd`). Clean-and-robust accuracy "
             f"(%) on the same held-out images and scoring runs (lower = stronger attack). {ATTACK_STUDY_CAVEAT}", "",
             *markdown_lines(r["results"]), ""]

@@ -344,21 +344,27 @@ def test_guidance_weight_sweep_scores_every_weight_and_the_worst_case(mnist_pipe
 def test_guidance_weight_keeps_examples_rejudges_them_and_refuses_other_work(mnist_pipeline, tmp_path):
     module = _script("guidance_weight")
     args = ["--pipeline", str(mnist_pipeline), "--num_images", "1", "--chunk", "1", "--steps", "1",
-            "--rescore_runs", "2", "--weights", "0", "1", "--work_dir", str(tmp_path / "units"), "--results_dir",
-            str(tmp_path), "--no_reuse"]
+            "--rescore_runs", "2", "--selection_runs", "3", "--weights", "0", "1", "--work_dir",
+            str(tmp_path / "units"), "--results_dir", str(tmp_path), "--no_reuse"]
     module.main(args)
     (settings,) = (tmp_path / "units").iterdir()
     assert not list(settings.glob("*.safetensors"))
     # Keeping examples recomputes the units that lack them (checked to be the same work), then re-judges them.
-    module.main([*args, "--keep_examples", "--selection_study", "5", "9"])
+    module.main([*args, "--keep_examples", "--selection_study", "3", "9"])
     assert sorted(p.name for p in settings.glob("*.safetensors")) == ["w0-00000.safetensors", "w1-00000.safetensors"]
     result = json.loads((tmp_path / "guidance_weight.json").read_text())["results"]
-    # The evaluation's own 5 selection runs re-judged from the kept images: the very row chosen from the records.
-    assert result["selection_study"]["5"]["w1"] == result["w1"]["worst_case_with_apgd"]
+    # The units' own 3 selection runs re-judged from the kept images: the very row chosen from the records.
+    assert result["selection_study"]["3"]["w1"] == result["w1"]["worst_case_with_apgd"]
     assert set(result["selection_study"]["9"]) == {"w1"}
     rendered = "\n".join(module.markdown_lines(result))
     row = result["selection_study"]["9"]["w1"]
     assert f"| apgd + apgd-guidance w1 | 9 | {100 * row['all']:.1f} | {100 * row['majority']:.1f} |" in rendered
+    # Another number of selection runs re-judges the kept images (no attack): the scoring records stay.
+    before = json.loads((settings / "w1-00000.json").read_text())
+    module.main([*args[:-1], "--selection_runs", "9", "--no_reuse"])
+    after = json.loads((settings / "w1-00000.json").read_text())
+    assert after["selection_runs"] == 9 and after["correct"] == before["correct"]
+    assert after["attack_cpu_s"] == before["attack_cpu_s"]
     # A unit whose records differ from what its recomputation gives is not silently replaced.
     unit_file = settings / "w1-00000.json"
     unit = json.loads(unit_file.read_text())
