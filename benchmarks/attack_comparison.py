@@ -98,10 +98,10 @@ def run_unit(bench: AttackBench, defense: str, start: int) -> dict:
     plain_spent = max(1, bench.budget // args.plain_eot) * args.plain_eot
     return {"defense": defense, "pipeline": None if args.pipeline is None else str(args.pipeline),
             "start": start, "end": end, "labels": labels.tolist(), "clean_correct": clean,
+            # The default's selection records let guidance_weight.py reuse this unit as its weight 0.
             "default": {"correct": bench.score(defense, default_adv, labels, start),
                         **bench.select(defense, default_adv, labels, start), **default_cost},
-            "plain": {"correct": bench.score(defense, plain_adv, labels, start),
-                      **bench.select(defense, plain_adv, labels, start), "attack_cpu_s": plain_cpu,
+            "plain": {"correct": bench.score(defense, plain_adv, labels, start), "attack_cpu_s": plain_cpu,
                       "gradient_evaluations": [plain_spent] * len(labels)}}
 
 

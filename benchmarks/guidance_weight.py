@@ -136,9 +136,7 @@ def selection_study(bench: AttackBench, work: Path, by_weight: dict, runs: list[
         plain = rejudged(plain_key, n)
         study[str(n)] = {}
         for key in keys:
-            rows = worst_case_with_plain(plain, rejudged(key, n))
-            rows.pop("robust")
-            study[str(n)][key] = rows
+            study[str(n)][key] = worst_case_with_plain(plain, rejudged(key, n))
     return study
 
 
@@ -150,6 +148,8 @@ def worst_case_with_plain(plain: list[dict], guided: list[dict]) -> dict:
     for a, b in zip(plain, guided):
         if (a["start"], a["end"]) != (b["start"], b["end"]):
             raise SystemExit("the weights' units cover different images")
+        if a.get("selection_runs") != b.get("selection_runs"):
+            raise SystemExit(f"units of [{a['start']}, {a['end']}) were judged on different numbers of selection runs")
         for i in range(a["end"] - a["start"]):
             records = [ImageRecord(correct_runs=0, run0_correct=False, prediction=-1,
                                    selection_wrong=u["selection_wrong"][i], selection_loss=u["selection_loss"][i],
@@ -158,7 +158,9 @@ def worst_case_with_plain(plain: list[dict], guided: list[dict]) -> dict:
             clean.append([run[i] for run in a["clean_correct"]])
             chosen.append([run[i] for run in pick["correct"]])
     # Back to (K, n) matrices, the layout the scoring helpers read.
-    return score_units([{"clean_correct": list(map(list, zip(*clean))), "correct": list(map(list, zip(*chosen)))}])
+    scored = score_units([{"clean_correct": list(map(list, zip(*clean))), "correct": list(map(list, zip(*chosen)))}])
+    scored.pop("robust")
+    return scored
 
 
 def score_units(units: list[dict]) -> dict:
@@ -188,9 +190,7 @@ def summarize(by_weight: dict) -> dict:
     if plain and all(complete(u) for u in plain):
         for weight, units in by_weight.items():
             if weight != weight_key(0.0) and units and all(complete(u) for u in units):
-                rows = worst_case_with_plain(plain, units)
-                rows.pop("robust")
-                out[weight]["worst_case_with_apgd"] = rows
+                out[weight]["worst_case_with_apgd"] = worst_case_with_plain(plain, units)
     if out:
         # The strongest weight leaves the fewest images robust by majority (then all K, one run, the per-run mean).
         out["strongest"] = min(out, key=lambda k: rank(out[k]))
